@@ -1,0 +1,18 @@
+"""Model zoo: `nice()`, `realnvp()`, `glow()` builders, presets, shipped
+weights (`pretrained=True`) and tf.data pipelines (`tfflows.zoo.data`)."""
+
+import importlib
+
+from tfflows.zoo.builders import (PRESETS, WeightsError, glow, list_models, nice, realnvp,
+                                  verified_weights_path)
+
+__all__ = ["PRESETS", "WeightsError", "glow", "list_models", "nice", "realnvp",
+           "verified_weights_path", "data"]
+
+
+def __getattr__(name):
+    if name == "data":  # TF-only: loaded on first use
+        module = importlib.import_module("tfflows.zoo.data")
+        globals()["data"] = module
+        return module
+    raise AttributeError(f"module 'tfflows.zoo' has no attribute {name!r}")

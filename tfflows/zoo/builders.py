@@ -1,0 +1,250 @@
+"""Zoo architectures (NICE, RealNVP, Glow) and their presets, kept as data.
+
+Each builder takes a preset name and keyword overrides, and returns an
+uncompiled `FlowModel`; `pretrained=True` loads the shipped weights after
+checking their sha256.
+"""
+
+import copy
+import hashlib
+import json
+import os
+
+from tfflows import layers as L
+from tfflows.models import FlowModel
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+MANIFEST = os.path.join(WEIGHTS_DIR, "manifest.json")
+
+# Presets are data: architecture keywords per (model, preset). `tiny` presets
+# are for tests and the few-minute main job; `mnist` is the CPU recipe behind
+# the shipped weights; `cifar10` follows the papers' CIFAR-10 architectures.
+PRESETS = {
+    "glow": {
+        "mnist": dict(data_shape=(28, 28, 1), levels=2, steps=8, hidden=128, lu=True),
+        "mnist-tiny": dict(data_shape=(28, 28, 1), levels=2, steps=4, hidden=32, lu=True),
+        "cifar10": dict(data_shape=(32, 32, 3), levels=3, steps=32, hidden=512, lu=True),
+    },
+    "realnvp": {
+        "mnist": dict(data_shape=(28, 28, 1), levels=2, steps=3, hidden=64, alpha=0.05),
+        "mnist-tiny": dict(data_shape=(28, 28, 1), levels=2, steps=2, hidden=16, alpha=0.05),
+        "cifar10": dict(data_shape=(32, 32, 3), levels=3, steps=3, hidden=64, alpha=0.05),
+    },
+    "nice": {
+        "mnist": dict(data_shape=(28, 28, 1), couplings=4, hidden=256, depth=4, base="logistic"),
+        "mnist-tiny": dict(data_shape=(28, 28, 1), couplings=4, hidden=64, depth=2, base="logistic"),
+        "cifar10": dict(data_shape=(32, 32, 3), couplings=4, hidden=2000, depth=4, base="logistic"),
+    },
+}
+
+
+def _config(model, preset, overrides):
+    if preset not in PRESETS[model]:
+        raise ValueError(
+            f"Unknown {model} preset {preset!r}; choose one of {sorted(PRESETS[model])}."
+        )
+    config = copy.deepcopy(PRESETS[model][preset])
+    unknown = set(overrides) - set(config) - {"n_bits"}
+    if unknown:
+        raise TypeError(f"{model}() got unexpected keyword(s) {sorted(unknown)}; "
+                        f"it takes {sorted(set(config) | {'n_bits'})}.")
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    config["data_shape"] = tuple(config["data_shape"])
+    return config
+
+
+def _check_divisible(name, data_shape, levels):
+    h, w = data_shape[:2]
+    f = 2 ** levels
+    if h % f or w % f:
+        raise ValueError(
+            f"{name} with levels={levels} needs height and width divisible by {f}, "
+            f"got {h}x{w}."
+        )
+
+
+def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True):
+    """Glow (Kingma & Dhariwal 2018): per level, squeeze, then `steps` x
+    (ActNorm, invertible 1x1 conv, affine coupling), then split (not after
+    the last level). Data in [0, 1) is first shifted to [-0.5, 0.5)."""
+    _check_divisible("glow", data_shape, levels)
+    flow = [L.Rescale(1.0, -0.5, name="center")]
+    for i in range(levels):
+        flow.append(L.Squeeze(name=f"squeeze{i}"))
+        for k in range(steps):
+            flow += [
+                L.ActNorm(name=f"actnorm{i}_{k}"),
+                L.Invertible1x1Conv(lu=lu, seed=1000 * i + k, name=f"invconv{i}_{k}"),
+                L.AffineCoupling(mask="channel", scale="sigmoid", hidden=hidden, name=f"coupling{i}_{k}"),
+            ]
+        if i < levels - 1:
+            flow.append(L.Split(learned_prior=learned_prior, name=f"split{i}"))
+    return L.FlowSequence(flow, name="glow")
+
+
+def realnvp_flow(data_shape, levels, steps, hidden, alpha=0.05):
+    """RealNVP (Dinh et al. 2017): logit preprocessing, then per scale
+    `steps` checkerboard couplings, squeeze, `steps` channel couplings and a
+    split; the last scale has `steps + 1` checkerboard couplings. ActNorm
+    (not batch norm) precedes each coupling; scales are `g * tanh(h)`."""
+    _check_divisible("realnvp", data_shape, levels - 1)
+    flow = [L.LogitTransform(alpha=alpha, name="logit")]
+
+    def couplings(prefix, n, mask):
+        out = []
+        for k in range(n):
+            out += [
+                L.ActNorm(name=f"{prefix}_actnorm{k}"),
+                L.AffineCoupling(mask=mask, reverse=bool(k % 2), scale="exp", hidden=hidden,
+                                 name=f"{prefix}_coupling{k}"),
+            ]
+        return out
+
+    for i in range(levels - 1):
+        flow += couplings(f"s{i}_cb", steps, "checkerboard")
+        flow.append(L.Squeeze(name=f"squeeze{i}"))
+        flow += couplings(f"s{i}_ch", steps, "channel")
+        flow.append(L.Split(learned_prior=False, name=f"split{i}"))
+    flow += couplings(f"s{levels - 1}_cb", steps + 1, "checkerboard")
+    return L.FlowSequence(flow, name="realnvp")
+
+
+def nice_flow(data_shape, couplings, hidden, depth):
+    """NICE (Dinh et al. 2015): flatten, `couplings` additive couplings with
+    alternating (odd/even) partitions and MLP nets, then diagonal scaling."""
+    d = 1
+    for s in data_shape:
+        d *= s
+    flow = [L.Reshape((d,), name="flatten")]
+    for k in range(couplings):
+        flow.append(L.AdditiveCoupling(
+            mask="checkerboard", reverse=bool(k % 2), hidden=hidden,
+            net=L.DenseNet(hidden, d, depth=depth, name=f"net{k}"), name=f"coupling{k}"))
+    flow.append(L.DiagonalScaling(name="scaling"))
+    return L.FlowSequence(flow, name="nice")
+
+
+def _finish(model_name, preset, config, flow, base, pretrained):
+    model = FlowModel(flow, base=base, data_shape=config["data_shape"],
+                      n_bits=config.get("n_bits", 8), name=f"{model_name}_{preset}".replace("-", "_"))
+    if pretrained:
+        load_pretrained(model, f"{model_name}-{preset}", config)
+    return model
+
+
+def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, lu=None,
+         learned_prior=True, data_shape=None, n_bits=None):
+    """Glow, as `FlowModel`. `levels` L, `steps` K per level, `hidden` the
+    coupling width, `lu` the 1x1-conv parametrisation; `None` keeps the
+    preset's value. Presets: see `PRESETS["glow"]`."""
+    config = _config("glow", preset, dict(levels=levels, steps=steps, hidden=hidden, lu=lu,
+                                          data_shape=data_shape, n_bits=n_bits))
+    flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
+                     lu=config["lu"], learned_prior=learned_prior)
+    return _finish("glow", preset, config, flow, "normal", pretrained)
+
+
+def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, alpha=None,
+            data_shape=None, n_bits=None):
+    """RealNVP, as `FlowModel`. `levels` scales, `steps` couplings per block,
+    `hidden` the coupling width, `alpha` the logit squashing."""
+    config = _config("realnvp", preset, dict(levels=levels, steps=steps, hidden=hidden, alpha=alpha,
+                                             data_shape=data_shape, n_bits=n_bits))
+    flow = realnvp_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
+                        alpha=config["alpha"])
+    return _finish("realnvp", preset, config, flow, "normal", pretrained)
+
+
+def nice(preset="mnist", pretrained=False, couplings=None, hidden=None, depth=None, base=None,
+         data_shape=None, n_bits=None):
+    """NICE, as `FlowModel`: `couplings` additive layers with MLPs of
+    `depth` x `hidden`, a diagonal scaling and a logistic prior."""
+    config = _config("nice", preset, dict(couplings=couplings, hidden=hidden, depth=depth, base=base,
+                                          data_shape=data_shape, n_bits=n_bits))
+    flow = nice_flow(config["data_shape"], config["couplings"], config["hidden"], config["depth"])
+    return _finish("nice", preset, config, flow, config["base"], pretrained)
+
+
+BUILDERS = {"glow": glow, "realnvp": realnvp, "nice": nice}
+
+
+# -- shipped weights -------------------------------------------------------------
+def read_manifest():
+    """The shipped-weights manifest (`{}` when none ship)."""
+    if not os.path.exists(MANIFEST):
+        return {}
+    with open(MANIFEST) as f:
+        return json.load(f)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class WeightsError(ValueError):
+    """Shipped weights are missing, tampered with or do not fit the model."""
+
+
+def verified_weights_path(key, weights_dir=None):
+    """Path of the shipped weights `key` after checking its sha256."""
+    entry = read_manifest().get(key)
+    if entry is None:
+        shipped = sorted(read_manifest())
+        raise WeightsError(
+            f"No pretrained weights ship for {key!r}; shipped: {shipped or 'none'}. "
+            f"Build with pretrained=False and train (see `tfflows train`)."
+        )
+    path = os.path.join(weights_dir or WEIGHTS_DIR, entry["file"])
+    if not os.path.exists(path):
+        raise WeightsError(f"Pretrained weights file {path} for {key!r} is missing; reinstall tfflows.")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise WeightsError(
+            f"Pretrained weights file {path} failed its sha256 check (expected "
+            f"{entry['sha256']}, got {digest}): the file is corrupted or was tampered with; "
+            f"refusing to load it. Reinstall tfflows."
+        )
+    return path
+
+
+def load_pretrained(model, key, config=None, weights_dir=None):
+    entry = read_manifest().get(key, {})
+    path = verified_weights_path(key, weights_dir)
+    arch = entry.get("architecture")
+    if arch and config:
+        mismatch = {k: (arch[k], config.get(k)) for k in arch
+                    if k in config and list(_as_list(arch[k])) != list(_as_list(config[k]))}
+        if mismatch:
+            raise WeightsError(
+                f"Pretrained {key!r} weights were trained with a different architecture: "
+                f"{ {k: f'shipped {a}, asked {b}' for k, (a, b) in mismatch.items()} }. "
+                f"Drop the overrides or use pretrained=False."
+            )
+    model.load_weights(path)
+    return model
+
+
+def _as_list(v):
+    return v if isinstance(v, (list, tuple)) else [v]
+
+
+def list_models():
+    """Every (model, preset) with its architecture and, where weights ship,
+    the measured test bits/dim. Returns a list of dicts."""
+    manifest = read_manifest()
+    rows = []
+    for name, presets in PRESETS.items():
+        for preset, config in presets.items():
+            key = f"{name}-{preset}"
+            entry = manifest.get(key, {})
+            rows.append(dict(
+                name=key, model=name, preset=preset,
+                architecture={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
+                pretrained=key in manifest,
+                test_bpd=entry.get("test_bpd"), test_bpd_stderr=entry.get("test_bpd_stderr"),
+            ))
+    return rows

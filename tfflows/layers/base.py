@@ -227,8 +227,7 @@ class FlowSequence(FlowLayer):
                 x, z = layer.separate(x)
                 factored.append(z)
         if factored:
-            batch = ops.shape(x)[0]
-            parts = [ops.reshape(z, (batch, -1)) for z in factored + [x]]
+            parts = [ops.reshape(z, (-1, self._flat_dim(z.shape))) for z in factored + [x]]
             x = ops.concatenate(parts, axis=1)
         return x, log_det
 

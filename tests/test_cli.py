@@ -1,0 +1,98 @@
+"""The command line: the main job end to end, resume, evaluate, sample."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfflows import cli, training
+
+TINY = ["--preset", "mnist-tiny", "--steps", "1", "--hidden", "8", "--batch-size", "32",
+        "--train-images", "256", "--eval-images", "64", "--verbose", "0",
+        "--warmup-steps", "0", "--lr", "3e-3"]
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_main_job_writes_samples_weights_metrics_and_savedmodel(tmp_path):
+    out = str(tmp_path / "run")
+    metrics = cli.main(["train", "--out", out, "--epochs", "2", *TINY]) or json.load(open(os.path.join(out, "metrics.json")))
+    for name in ("samples.png", "model.weights.h5", "metrics.json", "config.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["step"] == 2 * (256 // 32)
+    assert np.isfinite(metrics["test_bpd"]) and metrics["test_bpd_stderr"] > 0
+    assert metrics["curve"][0]["step"] == 0
+    assert metrics["test_bpd"] < metrics["curve"][0]["test_bpd"]  # training helped
+    w, h = _png_size(os.path.join(out, "samples.png"))
+    assert (w, h) == (10 * 30 + 2, 3 * 30 + 2)  # 10 samples x 3 temperatures, 28px + 2px padding
+    if os.path.exists(os.path.join(out, "savedmodel")):
+        assert any(os.scandir(os.path.join(out, "savedmodel")))
+
+
+def test_resume_reaches_the_same_step_count_as_an_uninterrupted_run(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    common = [*TINY, "--no-export", "--eval-minutes", "1000"]
+    cli.main(["train", "--out", a, "--epochs", "3", *common])
+    cli.main(["train", "--out", b, "--epochs", "1", *common])
+    first = training.latest_checkpoint(os.path.join(b, "checkpoints"))
+    assert json.load(open(os.path.join(first, "state.json")))["step"] == 8
+    cli.main(["train", "--out", b, "--resume", b, "--epochs", "3", *common])
+    sa = json.load(open(os.path.join(a, "metrics.json")))
+    sb = json.load(open(os.path.join(b, "metrics.json")))
+    assert sa["step"] == sb["step"] == 24
+    # Same data stream, optimizer state and seeds: the resumed run lands on the same weights.
+    import h5py
+
+    def weights(path):
+        out = []
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda n, o: out.append(np.asarray(o)) if isinstance(o, h5py.Dataset) else None)
+        return out
+
+    for wa, wb in zip(weights(os.path.join(a, "model.weights.h5")), weights(os.path.join(b, "model.weights.h5"))):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_is_atomic_a_crash_while_saving_keeps_the_previous_one(tmp_path, monkeypatch):
+    import tfflows
+
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=4)
+    model.compile()
+    d = str(tmp_path / "ck")
+    training.save_checkpoint(model, d, dict(step=5))
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save", boom)
+    with pytest.raises(OSError):
+        training.save_checkpoint(model, d, dict(step=9))
+    path = training.latest_checkpoint(d)
+    assert path.endswith("ckpt-000000005")
+    _, state = training.load_checkpoint(path)
+    assert state["step"] == 5
+
+
+def test_evaluate_and_sample_commands(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    cli.main(["train", "--out", out, "--epochs", "1", *TINY, "--no-export"])
+    capsys.readouterr()
+    cli.main(["evaluate", "--run", out, "--limit", "50", "--draws", "3", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["images"] == 50 and len(result["per_draw"]) == 3
+    assert result["stderr"] > 0 and len(set(result["per_draw"])) == 3  # the draws differ
+    png = str(tmp_path / "s.png")
+    cli.main(["sample", "--run", out, "--n", "4", "--temperatures", "0,1", "--out", png])
+    assert _png_size(png) == (4 * 30 + 2, 2 * 30 + 2)
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(SystemExit, match=r"no checkpoint in"):
+        cli.main(["train", "--out", str(tmp_path), "--resume", str(tmp_path), *TINY])

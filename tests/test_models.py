@@ -1,0 +1,141 @@
+"""FlowModel: exact bits/dim, sampling, encode/decode, training, saving."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import tfflows
+from conftest import to_np
+from tfflows import layers as L
+
+
+def test_bits_per_dim_of_a_known_distribution_is_exact():
+    # Identity-like flow (a fixed rescale by 2) with a standard normal base:
+    # log p(x) = sum log N(2x; 0, 1) + D log 2, computed by hand.
+    model = tfflows.FlowModel([L.Rescale(2.0, 0.0)], data_shape=(3, 2, 1), n_bits=8)
+    x = np.random.default_rng(0).uniform(size=(5, 3, 2, 1)).astype("float32")
+    d = 6
+    log_p = np.sum(-0.5 * (2 * x.reshape(5, -1)) ** 2 - 0.5 * math.log(2 * math.pi), axis=1) + d * math.log(2.0)
+    bpd = (-log_p + d * 8 * math.log(2.0)) / (d * math.log(2.0))
+    np.testing.assert_allclose(to_np(model.log_prob(x)), log_p, rtol=1e-6)
+    np.testing.assert_allclose(to_np(model.bits_per_dim(x)), bpd, rtol=1e-6)
+    model5 = tfflows.FlowModel([L.Rescale(2.0, 0.0)], data_shape=(3, 2, 1), n_bits=5)
+    np.testing.assert_allclose(to_np(model5.bits_per_dim(x)), bpd - 3.0, rtol=1e-6)
+
+
+def test_logistic_base_log_prob_is_exact():
+    model = tfflows.FlowModel([L.Reverse()], base="logistic", data_shape=(4,))
+    x = np.random.default_rng(1).uniform(-3, 3, size=(6, 4)).astype("float32")
+    expected = np.sum(-x - 2 * np.log1p(np.exp(-x)), axis=1)
+    np.testing.assert_allclose(to_np(model.log_prob(x)), expected, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def built_models():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 28, 28, 1)).astype("float32")
+    out = {}
+    for name, builder in tfflows.zoo.builders.BUILDERS.items():
+        model = builder(preset="mnist-tiny")
+        model.initialize(x)
+        for w in model.trainable_weights:
+            w.assign(w.value + 0.01 * rng.standard_normal(tuple(w.shape)).astype("float32"))
+        out[name] = model
+    return out, x
+
+
+@pytest.mark.parametrize("name", ["glow", "realnvp", "nice"])
+def test_decode_undoes_encode_for_each_zoo_model(built_models, name):
+    models, x = built_models
+    model = models[name]
+    z = model.encode(x)
+    assert tuple(z.shape) == (8,) + model.latent_shape
+    np.testing.assert_allclose(to_np(model.decode(z)), x, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["glow", "realnvp", "nice"])
+def test_sample_shapes_temperature_and_mode(built_models, name):
+    models, _ = built_models
+    model = models[name]
+    s = to_np(model.sample(4, temperature=0.7, seed=3))
+    assert s.shape == (4, 28, 28, 1) and np.all(np.isfinite(s))
+    np.testing.assert_array_equal(s, to_np(model.sample(4, temperature=0.7, seed=3)))
+    mode = to_np(model.decode(np.zeros((1,) + model.latent_shape, "float32")))
+    np.testing.assert_allclose(to_np(model.sample(2, temperature=0.0, seed=5)), np.repeat(mode, 2, 0), atol=1e-6)
+    # One temperature per row: row 0 at T=0 is the mode, row 1 at T=1 is not.
+    rows = to_np(model.sample(2, temperature=np.array([0.0, 1.0], "float32"), seed=9))
+    np.testing.assert_allclose(rows[0], mode[0], atol=1e-6)
+    assert not np.allclose(rows[1], mode[0], atol=1e-3)
+
+
+def test_initialize_normalises_actnorm_outputs():
+    model = tfflows.FlowModel([L.ActNorm(), L.AffineCoupling(hidden=4), L.ActNorm()], data_shape=(4,))
+    assert model.needs_initialization
+    x = (5 + 3 * np.random.default_rng(0).standard_normal((256, 4))).astype("float32")
+    model.initialize(x)
+    assert not model.needs_initialization
+    y = to_np(model.flow.flow_layers[0].forward(x)[0])
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(y.std(0), 1, atol=1e-3)
+
+
+def test_fit_initializes_on_first_batch_and_lowers_bpd():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(size=(512, 1))
+    x = np.clip(np.concatenate([a, a ** 2 + 0.05 * rng.standard_normal((512, 1))], 1), 0, 1).astype("float32")
+    model = tfflows.FlowModel([L.ActNorm(), L.AffineCoupling(hidden=16), L.Reverse(), L.ActNorm(),
+                               L.AffineCoupling(hidden=16)], data_shape=(2,))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    before = float(np.mean(to_np(model.bits_per_dim(x))))
+    hist = model.fit(x, batch_size=64, epochs=15, verbose=0)
+    assert not model.needs_initialization
+    after = float(np.mean(to_np(model.bits_per_dim(x))))
+    assert after < before - 1.0, (before, after)
+    assert set(hist.history) >= {"loss", "bpd"}
+    np.testing.assert_allclose(hist.history["loss"], hist.history["bpd"], rtol=1e-5)
+
+
+def test_short_fit_on_real_mnist_lowers_bits_per_dim(mnist_npz):
+    from tfflows.zoo import data
+
+    with np.load(mnist_npz) as f:
+        train, test = f["x_train"][:3200], f["x_test"][:500]
+    model = tfflows.zoo.glow(preset="mnist-tiny")
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    ds = data.load(train, batch_size=64, seed=0)
+    test_ds = data.load(test, batch_size=250, shuffle=False, seed=1)
+    model.initialize(next(iter(ds)))
+    before = model.evaluate(test_ds, verbose=0, return_dict=True)["loss"]
+    model.fit(ds, epochs=2, verbose=0)
+    after = model.evaluate(test_ds, verbose=0, return_dict=True)["loss"]
+    assert after < before - 1.0, (before, after)
+
+
+def test_nan_loss_stops_training_naming_the_step():
+    model = tfflows.FlowModel([L.ActNorm(), L.AffineCoupling(hidden=4)], data_shape=(4,))
+    x = np.random.default_rng(0).uniform(size=(64, 4)).astype("float32")
+    model.initialize(x)
+    model.compile(optimizer=keras.optimizers.SGD(1e30))  # diverges on purpose
+    with pytest.raises(tfflows.TrainingDivergedError, match=r"loss became (nan|inf) at epoch \d+, step \d+"):
+        model.fit(x, batch_size=16, epochs=5, verbose=0)
+
+
+def test_saved_model_gives_identical_outputs(tmp_path):
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8)
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    model.initialize(x)
+    model.compile()
+    model.fit(x, epochs=1, batch_size=4, verbose=0)
+    path = str(tmp_path / "glow.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(to_np(loaded.log_prob(x)), to_np(model.log_prob(x)))
+    np.testing.assert_array_equal(to_np(loaded.sample(2, seed=1)), to_np(model.sample(2, seed=1)))
+    weights = str(tmp_path / "glow.weights.h5")
+    model.save_weights(weights)
+    twin = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8)
+    twin.load_weights(weights)
+    np.testing.assert_array_equal(to_np(twin.log_prob(x)), to_np(model.log_prob(x)))
+    assert not twin.needs_initialization

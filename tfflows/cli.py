@@ -1,0 +1,330 @@
+"""`tfflows train | evaluate | sample | export | list`: the command line.
+
+`tfflows train` with no arguments is the main job: it trains a small Glow
+on the MNIST subset shipped in the package and writes samples, weights,
+metrics and a SavedModel to `./tfflows_out`.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+
+def _common_model_args(p):
+    p.add_argument("--model", default="glow", choices=["glow", "realnvp", "nice"])
+    p.add_argument("--preset", default=None, help="zoo preset (train default: mnist-tiny)")
+    p.add_argument("--levels", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="glow K per level / realnvp couplings per block")
+    p.add_argument("--hidden", type=int, default=None, help="coupling net width")
+    p.add_argument("--run", default=None, help="a `tfflows train` output folder (reads config.json, model.weights.h5)")
+    p.add_argument("--weights", default=None, help="a .weights.h5 file for --model/--preset")
+    p.add_argument("--pretrained", action="store_true", help="use the shipped weights (sha256-checked)")
+    p.add_argument("--backend", default=None, choices=["tensorflow", "jax"],
+                   help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="tfflows", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="train a flow (no arguments: the few-minute main job)")
+    _common_model_args(t)
+    t.add_argument("--data", default="mnist",
+                   help="'mnist' (embedded subset), an .npz path, an image folder, or a tfds name")
+    t.add_argument("--test-data", default=None, help="source of the test split (default: --data)")
+    t.add_argument("--epochs", type=int, default=8)
+    t.add_argument("--minutes", type=float, default=None, help="wall-clock training budget for this run")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up")
+    t.add_argument("--decay", default="none", choices=["none", "cosine"],
+                   help="learning-rate decay over --decay-steps")
+    t.add_argument("--decay-steps", type=int, default=100000)
+    t.add_argument("--clipnorm", type=float, default=100.0, help="global gradient-norm clip")
+    t.add_argument("--n-bits", type=int, default=8)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="tfflows_out", help="output folder")
+    t.add_argument("--resume", default=None, metavar="DIR", help="resume from DIR/checkpoints (a previous --out)")
+    t.add_argument("--init-from", default=None, help="start from a .weights.h5 file or 'pretrained'")
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--eval-minutes", type=float, default=2.0, help="test bits/dim period for the curve")
+    t.add_argument("--eval-images", type=int, default=2000)
+    t.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
+    t.add_argument("--jit", default="auto", choices=["auto", "on", "off"])
+    t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"])
+    t.add_argument("--dtype", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    t.add_argument("--no-export", action="store_true", help="skip writing the SavedModel")
+    t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+
+    e = sub.add_parser("evaluate", help="test bits/dim over several dequantization draws")
+    _common_model_args(e)
+    e.add_argument("--data", default="mnist")
+    e.add_argument("--split", default="test")
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--draws", type=int, default=4)
+    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--json", action="store_true", help="print one JSON line only")
+
+    s = sub.add_parser("sample", help="sample a grid at several temperatures")
+    _common_model_args(s)
+    s.add_argument("--n", type=int, default=10, help="samples per temperature")
+    s.add_argument("--temperatures", default="0.5,0.7,1.0")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="samples.png")
+
+    x = sub.add_parser("export", help="write a SavedModel for TF Serving")
+    _common_model_args(x)
+    x.add_argument("--out", required=True, help="SavedModel base folder (a version folder goes inside)")
+    x.add_argument("--version", type=int, default=1)
+
+    sub.add_parser("list", help="list zoo models and presets")
+    return parser
+
+
+# -- helpers --------------------------------------------------------------------
+def _log(msg):
+    print(msg, flush=True)
+
+
+def _overrides(args):
+    return {k: getattr(args, k) for k in ("levels", "steps", "hidden") if getattr(args, k, None) is not None}
+
+
+def _builder_kwargs(model_name, overrides):
+    if model_name == "nice":  # NICE's knobs have other names
+        mapped = {}
+        if "steps" in overrides:
+            mapped["couplings"] = overrides["steps"]
+        if "hidden" in overrides:
+            mapped["hidden"] = overrides["hidden"]
+        return mapped
+    return dict(overrides)
+
+
+def build_model(model_name, preset, overrides, pretrained=False):
+    from tfflows.zoo.builders import BUILDERS
+
+    return BUILDERS[model_name](preset=preset, pretrained=pretrained, **_builder_kwargs(model_name, overrides))
+
+
+def load_model_from_args(args):
+    """The model named by --run, or --model/--preset with --weights/--pretrained."""
+    if args.run:
+        with open(os.path.join(args.run, "config.json")) as f:
+            cfg = json.load(f)
+        model = build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
+        model.load_weights(os.path.join(args.run, "model.weights.h5"))
+        return model, cfg
+    preset = args.preset or "mnist"
+    cfg = dict(model=args.model, preset=preset, overrides=_overrides(args))
+    model = build_model(args.model, preset, cfg["overrides"], pretrained=args.pretrained)
+    if args.weights:
+        model.load_weights(args.weights)
+    elif not args.pretrained:
+        raise SystemExit("tfflows: give --run DIR, --weights FILE or --pretrained.")
+    return model, cfg
+
+
+def write_samples(model, path, temperatures=(0.5, 0.7, 1.0), n=10, seed=0):
+    """A PNG grid: one row per temperature."""
+    from tfflows.images import grid, to_uint8, write_png
+    import keras
+
+    rows = []
+    for i, t in enumerate(temperatures):
+        x = model.sample(n, temperature=float(t), seed=seed + i)
+        img = to_uint8(keras.ops.convert_to_numpy(x))
+        if img.shape[-1] == 2:
+            img = img[..., :1]
+        rows.append(img)
+    write_png(path, grid(rows))
+    return path
+
+
+def _learning_rate(args):
+    import keras
+
+    if args.decay == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, args.decay_steps, alpha=0.05, warmup_target=args.lr, warmup_steps=max(1, args.warmup_steps))
+    elif args.warmup_steps > 0:
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0, 1, alpha=1.0, warmup_target=args.lr, warmup_steps=args.warmup_steps)
+    else:
+        lr = args.lr
+    return lr
+
+
+# -- commands --------------------------------------------------------------------
+def cmd_train(args):
+    import keras
+    import numpy as np
+
+    import tfflows
+    from tfflows import training
+    from tfflows.zoo import data as zdata
+
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    ckpt_dir = os.path.join(args.resume or out, "checkpoints")
+    preset = args.preset or "mnist-tiny"
+    cfg = dict(model=args.model, preset=preset, overrides=_overrides(args), data=args.data,
+               batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, decay=args.decay,
+               decay_steps=args.decay_steps, clipnorm=args.clipnorm, seed=args.seed, n_bits=args.n_bits,
+               backend=keras.backend.backend(), jit=args.jit, strategy=args.strategy, dtype=args.dtype)
+    keras.utils.set_random_seed(args.seed)
+    if args.dtype != "float32":
+        keras.config.set_dtype_policy(args.dtype)
+
+    # Data: arrays in memory (uint8) -> seeded tf.data pipelines.
+    train_u8 = zdata.load_arrays(args.data, "train", limit=args.train_images) if not _is_tfds(args.data) else None
+    test_src = args.test_data or args.data
+    try:
+        test_u8 = zdata.load_arrays(test_src, "test", limit=args.eval_images) if not _is_tfds(test_src) else None
+    except (ValueError, KeyError):
+        test_u8 = None
+    n_train = train_u8.shape[0] if train_u8 is not None else 60000
+    steps_per_epoch = max(1, n_train // args.batch_size)
+
+    state = {}
+    if args.resume:
+        path = training.latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise SystemExit(f"tfflows: --resume {args.resume}: no checkpoint in {ckpt_dir}.")
+        model, state = training.load_checkpoint(path)
+        cfg = state.get("config", cfg)
+        _log(f"[tfflows] resumed {path}: step {state['step']}, {state['minutes']:.1f} min trained")
+    else:
+        model = build_model(args.model, preset, cfg["overrides"], pretrained=args.init_from == "pretrained")
+        if args.init_from and args.init_from != "pretrained":
+            model.load_weights(args.init_from)
+            _log(f"[tfflows] initialised from {args.init_from}")
+        jit = {"auto": "auto", "on": True, "off": False}[args.jit]
+        model.compile(optimizer=keras.optimizers.Adam(_learning_rate(args), global_clipnorm=args.clipnorm),
+                      jit_compile=jit)
+    _log(f"[tfflows] {cfg['model']} preset={cfg['preset']} params={model.count_params():,} "
+         f"backend={keras.backend.backend()} train images={n_train} batch={args.batch_size}")
+
+    step0 = int(state.get("step", 0))
+    ds = zdata.load(train_u8 if train_u8 is not None else args.data, split="train",
+                    batch_size=args.batch_size, seed=args.seed, repeat=True, drop_remainder=True,
+                    n_bits=args.n_bits, skip=step0 * args.batch_size)
+    if model.needs_initialization:
+        init_batch = next(iter(zdata.load(train_u8, batch_size=512, seed=args.seed + 1, n_bits=args.n_bits)))
+        bpd0 = model.initialize(init_batch)
+        _log(f"[tfflows] data-dependent init on {init_batch.shape[0]} images: {bpd0:.4f} bits/dim")
+
+    eval_fn = None
+    if test_u8 is not None:
+        def eval_fn(m):
+            return training.evaluate_bpd(m, test_u8, draws=1, n_bits=args.n_bits)[0]
+
+    tracker = training.TrainState(ckpt_dir, state, minutes=args.minutes, every_minutes=args.checkpoint_minutes,
+                                  eval_fn=eval_fn, eval_minutes=args.eval_minutes, log=_log,
+                                  extra_state=dict(config=cfg))
+    target = args.epochs * steps_per_epoch
+    tracker.max_steps = target
+    epoch0 = step0 // steps_per_epoch
+    t0 = time.time()
+    error = None
+    if step0 < target:
+        try:
+            model.fit(ds, epochs=args.epochs + (1 if step0 % steps_per_epoch else 0), initial_epoch=epoch0,
+                      steps_per_epoch=steps_per_epoch, callbacks=[tracker], verbose=args.verbose,
+                      shuffle=False)
+        except tfflows.TrainingDivergedError as e:
+            error = e
+    wall = time.time() - t0
+    if error is not None:
+        _log(f"[tfflows] {error}")
+        _log(f"[tfflows] the last good checkpoint is kept in {ckpt_dir}")
+        raise SystemExit(2)
+    tracker.checkpoint()
+    final = tracker.finish()
+
+    model.save_weights(os.path.join(out, "model.weights.h5"))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    metrics = dict(step=final["step"], epochs=final["epoch"], train_minutes=final["minutes"],
+                   this_run_seconds=round(wall, 1), train_bpd=final.get("train_bpd", []),
+                   curve=final["curve"], params=int(model.count_params()))
+    if test_u8 is not None:
+        mean, se, _ = training.evaluate_bpd(model, test_u8, draws=2, n_bits=args.n_bits)
+        metrics.update(test_bpd=round(mean, 5), test_bpd_stderr=round(se, 5), test_images=int(test_u8.shape[0]))
+        _log(f"[tfflows] test bits/dim {mean:.4f} ± {se:.4f} on {test_u8.shape[0]} images")
+    write_samples(model, os.path.join(out, "samples.png"), seed=args.seed)
+    if not args.no_export:
+        from tfflows import export
+
+        path = export.save(model, os.path.join(out, "savedmodel"))
+        metrics["savedmodel"] = str(path)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    _log(f"[tfflows] wrote {out}/: samples.png model.weights.h5 metrics.json config.json"
+         + ("" if args.no_export else " savedmodel/") + " checkpoints/")
+    return metrics
+
+
+def _is_tfds(source):
+    return isinstance(source, str) and source != "mnist" and not os.path.exists(source)
+
+
+def cmd_evaluate(args):
+    from tfflows import training
+    from tfflows.zoo import data as zdata
+
+    model, cfg = load_model_from_args(args)
+    images = zdata.load_arrays(args.data, args.split, limit=args.limit)
+    mean, se, draws = training.evaluate_bpd(model, images, draws=args.draws, seed=args.seed, n_bits=model.n_bits)
+    result = dict(model=cfg["model"], preset=cfg["preset"], data=args.data, split=args.split,
+                  images=int(images.shape[0]), draws=args.draws, bpd=round(mean, 5), stderr=round(se, 5),
+                  per_draw=[round(d, 5) for d in draws])
+    if not args.json:
+        _log(f"test bits/dim {mean:.4f} ± {se:.4f} (standard error over {images.shape[0]} images, "
+             f"{args.draws} noise draws)")
+    print(json.dumps(result))
+    return result
+
+
+def cmd_sample(args):
+    model, _ = load_model_from_args(args)
+    temps = [float(t) for t in args.temperatures.split(",")]
+    write_samples(model, args.out, temps, n=args.n, seed=args.seed)
+    _log(f"wrote {args.out} ({len(temps)} rows x {args.n}, temperatures {temps})")
+
+
+def cmd_export(args):
+    from tfflows import export
+
+    model, _ = load_model_from_args(args)
+    path = export.save(model, args.out, version=args.version)
+    _log(f"wrote SavedModel {path}")
+
+
+def cmd_list(args):
+    from tfflows.zoo import list_models
+
+    for row in list_models():
+        bpd = "" if row["test_bpd"] is None else f"  test bpd {row['test_bpd']:.4f}"
+        print(f"{row['name']:22s} {json.dumps(row['architecture'])}{bpd}")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    if getattr(args, "backend", None):
+        os.environ["KERAS_BACKEND"] = args.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    commands = dict(train=cmd_train, evaluate=cmd_evaluate, sample=cmd_sample, export=cmd_export, list=cmd_list)
+    commands[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -32,8 +32,7 @@ def test_main_job_writes_samples_weights_metrics_and_savedmodel(tmp_path):
     assert metrics["test_bpd"] < metrics["curve"][0]["test_bpd"]  # training helped
     w, h = _png_size(os.path.join(out, "samples.png"))
     assert (w, h) == (10 * 30 + 2, 3 * 30 + 2)  # 10 samples x 3 temperatures, 28px + 2px padding
-    if os.path.exists(os.path.join(out, "savedmodel")):
-        assert any(os.scandir(os.path.join(out, "savedmodel")))
+    assert os.path.exists(os.path.join(out, "savedmodel", "1", "saved_model.pb"))
 
 
 def test_resume_reaches_the_same_step_count_as_an_uninterrupted_run(tmp_path):
@@ -91,6 +90,16 @@ def test_evaluate_and_sample_commands(tmp_path, capsys):
     png = str(tmp_path / "s.png")
     cli.main(["sample", "--run", out, "--n", "4", "--temperatures", "0,1", "--out", png])
     assert _png_size(png) == (4 * 30 + 2, 2 * 30 + 2)
+
+
+def test_export_command_writes_a_new_version_each_time(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    cli.main(["train", "--out", out, "--epochs", "1", *TINY, "--no-export"])
+    serving = str(tmp_path / "serving")
+    cli.main(["export", "--run", out, "--out", serving])
+    cli.main(["export", "--run", out, "--out", serving])
+    assert sorted(os.listdir(serving)) == ["1", "2"]
+    assert "serving_default(images: uint8[None, 28, 28, 1])" in capsys.readouterr().out
 
 
 def test_resume_without_checkpoint_fails_clearly(tmp_path):

@@ -78,7 +78,8 @@ def build_parser():
     x = sub.add_parser("export", help="write a SavedModel for TF Serving")
     _common_model_args(x)
     x.add_argument("--out", required=True, help="SavedModel base folder (a version folder goes inside)")
-    x.add_argument("--version", type=int, default=1)
+    x.add_argument("--version", type=int, default=None, help="version folder (default: next free)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
 
     sub.add_parser("list", help="list zoo models and presets")
     return parser
@@ -300,8 +301,14 @@ def cmd_export(args):
     from tfflows import export
 
     model, _ = load_model_from_args(args)
-    path = export.save(model, args.out, version=args.version)
+    path = export.save(model, args.out, version=args.version, overwrite=args.overwrite)
     _log(f"wrote SavedModel {path}")
+    for name, spec in export.signature_specs(model).items():
+        ins = ", ".join(f"{k}: {d}{list(s)}" for k, (d, s) in spec["inputs"].items())
+        outs = ", ".join(f"{k}: {d}{list(s)}" for k, (d, s) in spec["outputs"].items())
+        _log(f"  {name}({ins}) -> {outs}")
+    _log(f"serve with: tensorflow_model_server --model_name={model.name} "
+         f"--model_base_path={os.path.abspath(args.out)} --rest_api_port=8501")
 
 
 def cmd_list(args):

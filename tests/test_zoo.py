@@ -1,0 +1,90 @@
+"""Zoo builders, presets and the sha256 check of shipped weights."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import tfflows
+from conftest import to_np
+from tfflows.zoo import builders
+
+
+def test_list_models_covers_every_builder_and_preset():
+    rows = tfflows.zoo.list_models()
+    names = {r["name"] for r in rows}
+    for model in ("glow", "realnvp", "nice"):
+        for preset in ("mnist", "cifar10"):
+            assert f"{model}-{preset}" in names
+    for r in rows:
+        assert r["pretrained"] == (r["name"] in builders.read_manifest())
+
+
+def test_keyword_overrides_change_the_architecture():
+    small = tfflows.zoo.glow(preset="mnist", levels=2, steps=2, hidden=16, lu=False)
+    big = tfflows.zoo.glow(preset="mnist", levels=2, steps=3, hidden=16, lu=False)
+    assert small.count_params() < big.count_params()
+    n_couplings = sum(type(l).__name__ == "AffineCoupling" for l in small.flow.flow_layers)
+    assert n_couplings == 2 * 2
+    plain = [l for l in small.flow.flow_layers if type(l).__name__ == "Invertible1x1Conv"]
+    assert plain and not any(l.lu for l in plain)
+
+
+def test_cifar10_presets_build_on_32x32x3():
+    for builder in (tfflows.zoo.glow, tfflows.zoo.realnvp):
+        model = builder(preset="cifar10", steps=1, hidden=8)
+        x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype("float32")
+        assert to_np(model.log_prob(x)).shape == (2,)
+
+
+def test_bad_builder_arguments_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"Unknown glow preset 'imagenet'"):
+        tfflows.zoo.glow(preset="imagenet")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'width'"):
+        tfflows.zoo.glow(width=3)
+    with pytest.raises(ValueError, match=r"glow with levels=3 needs height and width divisible by 8, got 28x28"):
+        tfflows.zoo.glow(preset="mnist", levels=3)
+
+
+@pytest.fixture
+def fake_shipped(tmp_path, monkeypatch):
+    """A manifest + weights file in a temp folder, as the package ships them."""
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8)
+    x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
+    model.initialize(x)
+    path = tmp_path / "glow-mnist-tiny.weights.h5"
+    model.save_weights(str(path))
+    manifest = {"glow-mnist-tiny": {"file": path.name, "sha256": builders.sha256_file(str(path)),
+                                    "architecture": {"steps": 1, "hidden": 8}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(builders, "MANIFEST", str(tmp_path / "manifest.json"))
+    return model, x, path
+
+
+def test_pretrained_loads_verified_weights(fake_shipped):
+    model, x, _ = fake_shipped
+    loaded = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True)
+    np.testing.assert_array_equal(to_np(loaded.log_prob(x)), to_np(model.log_prob(x)))
+
+
+def test_tampered_weights_are_refused_naming_the_file(fake_shipped):
+    _, _, path = fake_shipped
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(builders.WeightsError, match=r"glow-mnist-tiny.weights.h5 failed its sha256 check"):
+        tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True)
+
+
+def test_missing_weights_and_wrong_architecture_are_refused(fake_shipped):
+    _, _, path = fake_shipped
+    with pytest.raises(builders.WeightsError, match=r"different architecture"):
+        tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8, pretrained=True)
+    os.remove(path)
+    with pytest.raises(builders.WeightsError, match=r"glow-mnist-tiny.weights.h5 .* is missing"):
+        tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True)
+    with pytest.raises(builders.WeightsError, match=r"No pretrained weights ship for 'nice-cifar10'"):
+        tfflows.zoo.nice(preset="cifar10", pretrained=True)

@@ -16,6 +16,9 @@ CASES = {
     "AdditiveCoupling-channel-vector": (lambda: L.AdditiveCoupling(hidden=8), (3, 6), "normal"),
     "AdditiveCoupling-checkerboard-image": (
         lambda: L.AdditiveCoupling(mask="checkerboard", hidden=8), (2, 4, 4, 2), "normal"),
+    "AdditiveCoupling-user-net": (
+        lambda: L.AdditiveCoupling(mask="checkerboard", net=L.DenseNet(8, 6, depth=1, name="user_net")),
+        (3, 6), "normal"),
     "AffineCoupling-channel-image": (lambda: L.AffineCoupling(hidden=8), (2, 4, 4, 4), "normal"),
     "AffineCoupling-channel-reverse-odd": (
         lambda: L.AffineCoupling(reverse=True, hidden=8), (2, 3, 3, 3), "normal"),

@@ -246,7 +246,7 @@ def cmd_train(args):
     tracker.checkpoint()
     final = tracker.finish()
 
-    model.save_weights(os.path.join(out, "model.weights.h5"))
+    training.save_inference_weights(model, os.path.join(out, "model.weights.h5"))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     metrics = dict(step=final["step"], epochs=final["epoch"], train_minutes=final["minutes"],

@@ -48,6 +48,15 @@ def save_checkpoint(model, directory, state, keep=2):
     return final
 
 
+def save_inference_weights(model, path):
+    """`.weights.h5` with the model's weights only (Keras 3's `save_weights`
+    also stores a compiled model's optimizer state, tripling the file)."""
+    twin = type(model).from_config(model.get_config())
+    twin.set_weights(model.get_weights())
+    twin.save_weights(path)
+    return path
+
+
 def latest_checkpoint(directory):
     """Path of the newest complete checkpoint in `directory`, or `None`."""
     pointer = os.path.join(directory, "LATEST")

@@ -81,7 +81,8 @@ class _Coupling(FlowLayer):
             in_shape = tuple(input_shape)
         if self.net is None:
             self.net = default_net(len(input_shape), self.hidden, c_out, name="net")
-        self.net.build(in_shape)
+        if not self.net.built:  # a deserialized user net may arrive built
+            self.net.build(in_shape)
         got = tuple(self.net.compute_output_shape(in_shape))
         want = tuple(in_shape[:-1]) + (c_out,)
         if got[1:] != want[1:]:

@@ -172,7 +172,17 @@ class FlowModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return ops.mean(y_pred)
+        loss = ops.mean(ops.cast(y_pred, "float32"))
+        if keras.backend.backend() == "tensorflow":
+            # Under tf.distribute each replica sees 1/N of the global batch and
+            # Keras sums the replicas' gradients (and multiplies the tracked
+            # loss back by N), so the per-replica mean must be divided by N.
+            import tensorflow as tf
+
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                loss = loss / replicas
+        return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.bpd_tracker.update_state(y_pred)
@@ -193,13 +203,34 @@ class FlowModel(keras.Model):
         layer's init in order so every ActNorm sees the activations that
         reach it. Returns the batch's mean bits/dim after initialisation.
         """
+        if keras.backend.backend() == "tensorflow":
+            from tfflows import distribute  # TF-only; lazy so models.py stays backend-agnostic
+
+            if not distribute.is_default_strategy(distribute.model_strategy(self)):
+                # Under tf.distribute: global-batch init, identical on every replica.
+                return distribute.initialize(self, batch)
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = self._check_data(x)
         z, log_det = self.flow.initialize(x)
         return float(ops.convert_to_numpy(ops.mean(self._bpd_from_log_prob(self.base.log_prob(z) + log_det))))
 
     def fit(self, x=None, y=None, *args, stop_on_nan=True, callbacks=None, **kwargs):
-        """`keras.Model.fit`, plus ActNorm init on the first batch and NaN stop."""
+        """`keras.Model.fit`, plus ActNorm init on the first batch and NaN stop.
+
+        Under `tf.distribute.MultiWorkerMirroredStrategy`, where Keras 3's own
+        `fit` fails (keras-team/keras#20585), this runs
+        `tfflows.distribute.fit` instead: a custom distributed loop taking
+        the same arguments and callbacks.
+        """
+        if keras.backend.backend() == "tensorflow":
+            from tfflows import distribute  # TF-only; lazy so models.py stays backend-agnostic
+
+            if distribute.uses_custom_loop(self):
+                return distribute.fit(self, x, y, *args, stop_on_nan=stop_on_nan,
+                                      callbacks=callbacks, **kwargs)
+            if getattr(self, "optimizer", None) is None:  # optimizer variables: mirrored too
+                with distribute.model_strategy(self).scope():
+                    self.compile()
         if self.needs_initialization:
             self.initialize(_first_batch(x, kwargs.get("batch_size")))
         callbacks = list(callbacks or [])

@@ -377,12 +377,6 @@ def test_set_dtype_policy():
         assert distribute.set_dtype_policy("float32").name == "float32"
 
 
-@pytest.mark.xfail(
-    raises=tf.errors.InvalidArgumentError,
-    reason="layers: Invertible1x1Conv adds float32 mask tensors to bfloat16 autocast "
-           "variables, and log-dets are summed in the compute dtype (see docs/scaling.md)",
-    strict=False,
-)
 def test_mixed_bfloat16_step_keeps_log_dets_and_loss_float32():
     try:
         distribute.set_dtype_policy("mixed_bfloat16")
@@ -390,6 +384,10 @@ def test_mixed_bfloat16_step_keeps_log_dets_and_loss_float32():
         x = dist_worker.images(8)
         bpd = model(x)
         assert bpd.dtype == "float32"
+        net_kernels = [w for w in model.weights if "conv" in w.path and "kernel" in w.path]
+        assert net_kernels and all(w.dtype == "float32" for w in net_kernels)  # float32 master weights
+        z, log_det = model.flow.forward(x)
+        assert log_det.dtype == "float32" and z.dtype == "float32"
         history = distribute.train(model, dist_worker.dataset(tf), epochs=1, steps_per_epoch=1, verbose=0)
         assert np.isfinite(history.history["loss"][0])
     finally:

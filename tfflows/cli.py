@@ -55,7 +55,8 @@ def build_parser():
     t.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
     t.add_argument("--jit", default="auto", choices=["auto", "on", "off"])
     t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"])
-    t.add_argument("--dtype", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    t.add_argument("--dtype", default="float32", choices=["float32", "mixed_bfloat16"],
+                   help="mixed_bfloat16: coupling nets in bfloat16; weights, log-dets and loss float32")
     t.add_argument("--no-export", action="store_true", help="skip writing the SavedModel")
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
 
@@ -176,9 +177,13 @@ def cmd_train(args):
                batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, decay=args.decay,
                decay_steps=args.decay_steps, clipnorm=args.clipnorm, seed=args.seed, n_bits=args.n_bits,
                backend=keras.backend.backend(), jit=args.jit, strategy=args.strategy, dtype=args.dtype)
+    from tfflows import distribute
+
+    strategy = distribute.get_strategy(args.strategy)  # before any other TF op (multi-worker)
+    custom_loop = args.strategy in ("multiworker", "tpu")
+    chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(args.seed)
-    if args.dtype != "float32":
-        keras.config.set_dtype_policy(args.dtype)
+    distribute.set_dtype_policy(args.dtype)
 
     # Data: arrays in memory (uint8) -> seeded tf.data pipelines.
     train_u8 = zdata.load_arrays(args.data, "train", limit=args.train_images) if not _is_tfds(args.data) else None
@@ -191,7 +196,9 @@ def cmd_train(args):
     steps_per_epoch = max(1, n_train // args.batch_size)
 
     state = {}
-    if args.resume:
+    scope = strategy.scope()
+    scope.__enter__()
+    if args.resume and not custom_loop:
         path = training.latest_checkpoint(ckpt_dir)
         if path is None:
             raise SystemExit(f"tfflows: --resume {args.resume}: no checkpoint in {ckpt_dir}.")
@@ -206,6 +213,7 @@ def cmd_train(args):
         jit = {"auto": "auto", "on": True, "off": False}[args.jit]
         model.compile(optimizer=keras.optimizers.Adam(_learning_rate(args), global_clipnorm=args.clipnorm),
                       jit_compile=jit)
+    scope.__exit__(None, None, None)
     _log(f"[tfflows] {cfg['model']} preset={cfg['preset']} params={model.count_params():,} "
          f"backend={keras.backend.backend()} train images={n_train} batch={args.batch_size}")
 
@@ -223,7 +231,7 @@ def cmd_train(args):
         def eval_fn(m):
             return training.evaluate_bpd(m, test_u8, draws=1, n_bits=args.n_bits)[0]
 
-    tracker = training.TrainState(ckpt_dir, state, minutes=args.minutes, every_minutes=args.checkpoint_minutes,
+    tracker = training.TrainState(None if custom_loop else ckpt_dir, state, minutes=args.minutes, every_minutes=args.checkpoint_minutes,
                                   eval_fn=eval_fn, eval_minutes=args.eval_minutes, log=_log,
                                   extra_state=dict(config=cfg))
     target = args.epochs * steps_per_epoch
@@ -233,9 +241,15 @@ def cmd_train(args):
     error = None
     if step0 < target:
         try:
-            model.fit(ds, epochs=args.epochs + (1 if step0 % steps_per_epoch else 0), initial_epoch=epoch0,
-                      steps_per_epoch=steps_per_epoch, callbacks=[tracker], verbose=args.verbose,
-                      shuffle=False)
+            if custom_loop:  # tfflows' distributed loop, with its own resumable checkpoints
+                distribute.train(model, ds, strategy, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+                                 callbacks=[tracker], verbose=args.verbose,
+                                 checkpoint_dir=os.path.join(args.resume or out, "dist_checkpoints"),
+                                 save_seconds=60 * args.checkpoint_minutes)
+            else:
+                model.fit(ds, epochs=args.epochs + (1 if step0 % steps_per_epoch else 0), initial_epoch=epoch0,
+                          steps_per_epoch=steps_per_epoch, callbacks=[tracker], verbose=args.verbose,
+                          shuffle=False)
         except tfflows.TrainingDivergedError as e:
             error = e
     wall = time.time() - t0
@@ -245,6 +259,8 @@ def cmd_train(args):
         raise SystemExit(2)
     tracker.checkpoint()
     final = tracker.finish()
+    if not chief:  # multi-worker: only the chief writes the outputs
+        return dict(step=final["step"])
 
     training.save_inference_weights(model, os.path.join(out, "model.weights.h5"))
     with open(os.path.join(out, "config.json"), "w") as f:

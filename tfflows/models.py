@@ -78,6 +78,10 @@ class FlowModel(keras.Model):
     """
 
     def __init__(self, flow, base="normal", data_shape=None, n_bits=8, **kwargs):
+        # The flow's own arithmetic, log-dets and the loss stay float32 under a
+        # mixed-precision global policy; only the coupling nets (plain Keras
+        # layers called inside) compute in bfloat16/float16.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(flow, (list, tuple)):
             flow = FlowSequence(list(flow))
@@ -114,6 +118,11 @@ class FlowModel(keras.Model):
                 f"FlowModel expects float data in [0, 1) (dequantized), got dtype {dtype}. "
                 f"Use tfflows.zoo.data to dequantize uint8 images."
             )
+        if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
+            raise ValueError(f"FlowModel got {int(np.size(x) - np.count_nonzero(np.isfinite(x)))} "
+                             f"NaN or infinite value(s) in its input.")
+        if len(x.shape) >= 1 and x.shape[0] == 0:
+            raise ValueError(f"FlowModel got an empty batch (shape {tuple(x.shape)}).")
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(
                 f"FlowModel expects data of shape (batch, {', '.join(map(str, self.data_shape))}), "
@@ -233,10 +242,12 @@ class FlowModel(keras.Model):
                     self.compile()
         if self.needs_initialization:
             self.initialize(_first_batch(x, kwargs.get("batch_size")))
+        if hasattr(x, "element_spec"):  # tf.data: already shuffled by its pipeline
+            kwargs.setdefault("shuffle", False)
         callbacks = list(callbacks or [])
         if stop_on_nan and not any(isinstance(c, StopOnNaN) for c in callbacks):
             callbacks.append(StopOnNaN())
-        if self.optimizer is None:
+        if getattr(self, "optimizer", None) is None:
             self.compile()
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 

@@ -153,14 +153,14 @@ class AdditiveCoupling(_Coupling):
 
     def _forward(self, x, training=False):
         x_a, x_b = self._split(x)
-        t = self.net(x_a)
+        t = ops.cast(self.net(x_a), x.dtype)
         if self.mask == "channel":
             return self._join(x_a, x_b + t), zeros_log_det(x)
         return x + (1.0 - self._mask) * t, zeros_log_det(x)
 
     def _inverse(self, y, training=False):
         y_a, y_b = self._split(y)
-        t = self.net(y_a)
+        t = ops.cast(self.net(y_a), y.dtype)
         if self.mask == "channel":
             return self._join(y_a, y_b - t), zeros_log_det(y)
         return y - (1.0 - self._mask) * t, zeros_log_det(y)
@@ -229,7 +229,9 @@ class AffineCoupling(_Coupling):
             )
 
     def _shift_and_log_scale(self, cond):
-        h = self.net(cond)
+        # The net may compute in bfloat16/float16 (mixed precision); the
+        # coupling's arithmetic and log-det stay in the input's dtype.
+        h = ops.cast(self.net(cond), cond.dtype)
         c = h.shape[-1] // 2
         t, raw = h[..., :c], h[..., c:]
         if self.scale == "sigmoid":

@@ -240,7 +240,7 @@ class Split(FlowLayer):
         return ops.concatenate([kept, factored], axis=-1)
 
     def _prior(self, x_a):
-        h = self.prior(x_a)
+        h = ops.cast(self.prior(x_a), x_a.dtype)  # the conv may run in a mixed-precision dtype
         c = h.shape[-1] // 2
         return h[..., :c], h[..., c:]
 

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""A/B of a proposed faster `tfflows.layers.nets.ConvNet.call`, without editing tfflows.
+
+`python -m benchmarks.ab_convnet --backend tensorflow --jit off` builds the
+benchmark Glow once per variant (same seed, so identical weights), each traced
+with `ConvNet.call` monkeypatched to that variant, checks that all variants
+compute the same losses, then runs their train steps round-robin and reports
+the median step time per variant and its ratio to the current code. With the
+default `--threads 1` the measure is process CPU time (robust on a shared
+machine); with `--threads 2` on an idle machine, wall time is reported too.
+
+Variants (all keep `ConvNet`'s weights and their shapes, so checkpoints load
+unchanged; keras.ops only, so they run on TF and JAX):
+
+* `base`: the current code (three `keras.layers.Conv2D`).
+* `mm1x1`: the 1x1 conv as one matmul over the channel axis.
+* `fast`: `mm1x1`, plus each 3x3 "same" conv as matmuls: the input conv
+  (few input channels) as im2col, i.e. 9 shifted copies of the small input
+  concatenated then one matmul; the output conv (few output channels) as one
+  matmul to 9 x C_out channels followed by a shifted sum of the 9 maps.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import default_data, emit, load_mnist, random_batches  # noqa: E402
+
+VARIANTS = ["base", "mm1x1", "fast"]
+
+
+# -- the proposed code (to go into tfflows/layers/nets.py) --------------------------
+def _conv_same(layer, x, im2col=True):
+    """`layer` (a stride-1, "same", channels-last `Conv2D`) applied with matmuls.
+
+    Same weights, same result (up to float32 summation order) as `layer(x)`.
+    """
+    from keras import ops
+    k = layer.kernel
+    kh, kw, c_in, c_out = k.shape
+    _, h, w, _ = x.shape
+    if (kh, kw) == (1, 1):
+        y = ops.matmul(ops.reshape(x, (-1, c_in)), ops.reshape(k, (c_in, c_out)))
+    elif not im2col:
+        return layer(x)
+    else:
+        ph, pw = kh // 2, kw // 2
+        taps = [(dy, dx) for dy in range(kh) for dx in range(kw)]
+        if c_in <= c_out:
+            # im2col on the small input: (N*H*W, kh*kw*C_in) @ (kh*kw*C_in, C_out).
+            xp = ops.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+            cols = ops.concatenate([xp[:, dy:dy + h, dx:dx + w, :] for dy, dx in taps], axis=-1)
+            y = ops.matmul(ops.reshape(cols, (-1, kh * kw * c_in)),
+                           ops.reshape(k, (kh * kw * c_in, c_out)))
+        else:
+            # One matmul to every tap's output, then a shifted sum of the maps.
+            kk = ops.reshape(ops.transpose(k, (2, 0, 1, 3)), (c_in, kh * kw * c_out))
+            z = ops.reshape(ops.matmul(ops.reshape(x, (-1, c_in)), kk), (-1, h, w, kh * kw * c_out))
+            zp = ops.pad(z, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+            y = None
+            for t, (dy, dx) in enumerate(taps):
+                part = zp[:, dy:dy + h, dx:dx + w, t * c_out:(t + 1) * c_out]
+                y = part if y is None else y + part
+    y = ops.reshape(y, (-1, h, w, c_out))
+    if layer.use_bias:
+        y = y + layer.bias
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y
+
+
+def _call_mm1x1(self, x):
+    return _conv_same(self.conv3, _conv_same(self.conv2, _conv_same(self.conv1, x, False), False), False)
+
+
+def _call_fast(self, x):
+    return _conv_same(self.conv3, _conv_same(self.conv2, _conv_same(self.conv1, x)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=["tensorflow", "jax"], default="tensorflow")
+    p.add_argument("--jit", choices=["on", "off"], default="off")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=400)
+    p.add_argument("--data", default=default_data())
+    args = p.parse_args(argv)
+    variants = args.variants.split(",")
+
+    if args.threads == 1:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
+        os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    from benchmarks import bench_tfflows_glow as btg
+    targs = btg.parse_args(["--backend", args.backend, "--jit", args.jit, "--hidden", str(args.hidden),
+                            "--threads", str(args.threads)])
+    btg.set_backend(targs)
+    import numpy as np
+    from keras import ops
+
+    from tfflows.layers import nets
+    if args.backend == "tensorflow":
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    original = nets.ConvNet.call
+    calls = {"base": original, "mm1x1": _call_mm1x1, "fast": _call_fast}
+
+    x_train, _ = load_mnist(args.data)
+    n = args.rounds + 2
+    xs = [ops.convert_to_tensor(b) for b, _ in zip(random_batches(x_train, 64, np.random.default_rng(0)),
+                                                     range(n))]
+    models, losses, first = {}, {}, {}
+    for v in variants:
+        nets.ConvNet.call = calls[v]  # active while this model's train function is traced
+        model = btg.build_model(targs)
+        model.initialize(xs[0])
+        t0 = time.perf_counter()
+        losses[v] = [float(model.train_on_batch(xs[0], return_dict=True)["loss"])]
+        first[v] = time.perf_counter() - t0
+        models[v] = model
+    nets.ConvNet.call = original
+
+    cpu = {v: [] for v in variants}
+    wall = {v: [] for v in variants}
+    for r in range(1, n):
+        for v in variants:
+            c0, w0 = time.process_time(), time.perf_counter()
+            loss = float(models[v].train_on_batch(xs[r], return_dict=True)["loss"])
+            cpu[v].append(time.process_time() - c0)
+            wall[v].append(time.perf_counter() - w0)
+            losses[v].append(loss)
+    base = variants[0]
+    out = {"backend": args.backend, "jit": args.jit, "threads": args.threads, "rounds": n - 1,
+           "first_step_s": {v: round(first[v], 2) for v in variants},
+           "median_step_cpu_s": {v: round(statistics.median(cpu[v][1:]), 4) for v in variants},
+           "median_step_wall_s": {v: round(statistics.median(wall[v][1:]), 4) for v in variants},
+           "losses_bpd": {v: [round(l, 5) for l in losses[v]] for v in variants},
+           "max_loss_diff_vs_" + base: {v: round(max(abs(a - b) for a, b in zip(losses[v], losses[base])), 6)
+                                        for v in variants}}
+    key = "median_step_cpu_s" if args.threads == 1 else "median_step_wall_s"
+    out["speedup_vs_" + base] = {v: round(out[key][base] / out[key][v], 3) for v in variants}
+    out["impl"] = "ab_convnet"
+    emit(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Throughput benchmark: the same Glow on MNIST in tfflows, TFP and normflows.
+
+`python -m benchmarks.glow_mnist` (from the repo root) runs, one after the
+other, each in its own process:
+
+* `matmul_peak` for numpy, TensorFlow, JAX and (if its env exists) PyTorch:
+  the machine's measured fp32 matmul peak is the best of them;
+* every implementation for `--steps` timed steps (default 30) after a first
+  (trace/compile) step, with identical flags: tfflows on TensorFlow with
+  `jit_compile` off and on and on JAX (`benchmarks/bench_tfflows_glow.py`),
+  TFP `tfb.Glow` in a `TransformedDistribution` and normflows (the shared
+  scripts in `../shared/tools`, run unchanged).
+
+Each prints one JSON line (params, first_step_s, train_img_s, bpd_end, nan,
+sample64_s, peak_rss_mb, ...); this driver adds the training FLOP rate and its
+fraction of the matmul peak, re-prints the lines, prints the tfflows /
+baseline ratios and the issue's targets, and writes everything to
+`--out-dir/glow_mnist.json`. Nothing runs in parallel.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import REPO_ROOT, RESULTS_DIR, SHARED_TOOLS, default_data, last_json_line  # noqa: E402
+from benchmarks.flops import glow_flops  # noqa: E402
+
+TORCH_PYTHON = os.environ.get("TORCH_PYTHON", "/tmp/torchenv/bin/python")
+BENCH_TFFLOWS = os.path.join(REPO_ROOT, "benchmarks", "bench_tfflows_glow.py")
+
+# name -> (interpreter key, script, extra flags)
+IMPLS = {
+    "tfflows-tf-jit-off": ("tf", BENCH_TFFLOWS, ["--backend", "tensorflow", "--jit", "off"]),
+    "tfflows-tf-jit-on": ("tf", BENCH_TFFLOWS, ["--backend", "tensorflow", "--jit", "on"]),
+    "tfflows-jax": ("tf", BENCH_TFFLOWS, ["--backend", "jax", "--jit", "on"]),
+    "tfp-glow": ("tf", os.path.join(SHARED_TOOLS, "bench_tfp_glow.py"), ["--exit", "default"]),
+    "tfp-glow-exit-identity": ("tf", os.path.join(SHARED_TOOLS, "bench_tfp_glow.py"),
+                               ["--exit", "identity"]),
+    "normflows-glow": ("torch", os.path.join(SHARED_TOOLS, "bench_normflows_glow.py"), []),
+}
+DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-on", "tfflows-jax", "tfp-glow",
+                 "tfp-glow-exit-identity", "normflows-glow"]
+TFFLOWS_DEFAULT = "tfflows-tf-jit-off"  # the configuration the targets are checked on
+PEAK_FRAMEWORKS = [("numpy", "tf"), ("tensorflow", "tf"), ("jax", "tf"), ("torch", "torch")]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                   help=f"comma-separated subset of {list(IMPLS)}")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=400)
+    p.add_argument("--levels", type=int, default=2)
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--eval-n", type=int, default=512)
+    p.add_argument("--data", default=default_data())
+    p.add_argument("--tf-python", default=sys.executable,
+                   help="interpreter with tensorflow, tfp, keras, jax (this one)")
+    p.add_argument("--torch-python", default=TORCH_PYTHON,
+                   help="interpreter of the normflows env (torch==2.13.0 CPU + normflows)")
+    p.add_argument("--peak-n", type=int, default=4096, help="matmul size for the peak")
+    p.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per implementation")
+    p.add_argument("--out-dir", default=RESULTS_DIR)
+    p.add_argument("--nice", type=int, default=0,
+                   help="run the children under `nice -n N` (0: as is)")
+    args = p.parse_args(argv)
+    args.impls = [s.strip() for s in args.impls.split(",") if s.strip()]
+    unknown = [s for s in args.impls if s not in IMPLS]
+    if unknown:
+        p.error(f"unknown --impls {unknown}; choose from {list(IMPLS)}")
+    return args
+
+
+def run_child(cmd, timeout, nice=0):
+    """Runs one benchmark process, streaming its output; returns (json, rc, wall_s)."""
+    if nice:
+        cmd = ["nice", "-n", str(nice)] + cmd
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    noise = ("oneDNN", "cuda", "cuInit", "absl::", "WARNING: All log messages")
+    t0 = time.perf_counter()
+    lines = []
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    timer = threading.Timer(timeout, proc.kill)  # a hung child must not hang the driver
+    timer.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not any(n in line for n in noise):
+                print("    " + line.rstrip()[:2000], flush=True)
+        rc = proc.wait()
+    finally:
+        timed_out = not timer.is_alive() and proc.returncode not in (0, None)
+        timer.cancel()
+    if timed_out:
+        rc = f"killed after the {timeout} s timeout"
+    return last_json_line("".join(lines)), rc, time.perf_counter() - t0
+
+
+def machine_info():
+    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "gpu": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        info["cpu"] = names[0] if names else platform.processor()
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        info["load_avg_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def warn_if_busy(info):
+    """Timed runs need an idle machine; say so loudly when it is not."""
+    load = info.get("load_avg_at_start", [0.0])[0]
+    if load > 0.5:
+        print(f"# WARNING: 1-minute load average {load} at start: the CPU is not idle, "
+              f"so these timings are contended (fine for a smoke test, not for the report).",
+              flush=True)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def ratios_and_targets(results):
+    """tfflows / baseline ratios for every tfflows run, and the issue's targets."""
+    base_names = [n for n in results if not n.startswith("tfflows")]
+    rows, targets = [], {}
+    for t in [n for n in results if n.startswith("tfflows")]:
+        for b in base_names:
+            rt, rb = results[t], results[b]
+            rows.append({
+                "tfflows": t, "baseline": b,
+                "train_img_s": ratio(rt.get("train_img_s"), rb.get("train_img_s")),
+                "first_step_s": ratio(rt.get("first_step_s"), rb.get("first_step_s")),
+                "sample64_s": ratio(rt.get("sample64_s"), rb.get("sample64_s")),
+                "peak_rss_mb": ratio(rt.get("peak_rss_mb"), rb.get("peak_rss_mb")),
+                "params": ratio(rt.get("params"), rb.get("params")),
+            })
+    t = results.get(TFFLOWS_DEFAULT)
+    tfp, nf = results.get("tfp-glow"), results.get("normflows-glow")
+    if t and tfp:
+        r = ratio(t["train_img_s"], tfp["train_img_s"])
+        targets["throughput >= 2x TFP"] = {"ratio": r, "met": r is not None and r >= 2.0}
+        r = ratio(t["peak_rss_mb"], tfp["peak_rss_mb"])
+        targets["peak RSS <= TFP"] = {"ratio": r, "met": r is not None and r <= 1.0}
+    if t and nf:
+        r = ratio(t["train_img_s"], nf["train_img_s"])
+        targets["throughput >= 1.5x normflows"] = {"ratio": r, "met": r is not None and r >= 1.5}
+        r = ratio(t["sample64_s"], nf["sample64_s"])
+        targets["sample64 time <= normflows"] = {"ratio": r, "met": r is not None and r <= 1.0}
+    return rows, targets
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out_dir, exist_ok=True)
+    pythons = {"tf": args.tf_python, "torch": args.torch_python}
+    info = machine_info()
+    print(f"# glow_mnist on {info['cpu']} x{info['cpu_count']}, {info['date']}", flush=True)
+    warn_if_busy(info)
+
+    flops = glow_flops(levels=args.levels, depth=args.depth, hidden=args.hidden)
+    print(f"# model FLOPs/image: forward {flops['forward_flops_per_image'] / 1e9:.3f} G, "
+          f"train step {flops['train_flops_per_image'] / 1e9:.3f} G (analytic)", flush=True)
+
+    peaks = {}
+    if not args.no_peak:
+        for fw, interp in PEAK_FRAMEWORKS:
+            if not os.path.exists(pythons[interp]):
+                print(f"# matmul peak: skipping {fw} ({pythons[interp]} not found)")
+                continue
+            res, rc, _ = run_child([pythons[interp], "-m", "benchmarks.matmul_peak",
+                                    "--framework", fw, "--n", str(args.peak_n),
+                                    "--threads", str(args.threads)], 600, args.nice)
+            if res:
+                peaks[fw] = res
+    peak = max((r["gflop_s"] for r in peaks.values()), default=None)
+    if peak:
+        best = max(peaks, key=lambda k: peaks[k]["gflop_s"])
+        print(f"# fp32 matmul peak: {peak} GFLOP/s ({best}, n={args.peak_n})", flush=True)
+
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--batch", str(args.batch), "--lr", str(args.lr), "--hidden", str(args.hidden),
+              "--levels", str(args.levels), "--depth", str(args.depth), "--seed", str(args.seed),
+              "--threads", str(args.threads), "--eval-n", str(args.eval_n), "--data", args.data]
+    results, failures = {}, {}
+    for name in args.impls:
+        interp, script, extra = IMPLS[name]
+        if not os.path.exists(pythons[interp]):
+            failures[name] = f"interpreter {pythons[interp]} not found"
+            print(f"# {name}: SKIPPED ({failures[name]})", flush=True)
+            continue
+        res, rc, wall = run_child([pythons[interp], script] + extra + common, args.timeout, args.nice)
+        if res is None or rc != 0:
+            failures[name] = f"exit status {rc}, no JSON line" if res is None else f"exit status {rc}"
+            print(f"# {name}: FAILED ({failures[name]})", flush=True)
+            if res is None:
+                continue
+        res["impl"] = name  # the driver's name (the TFP script says tfp-glow for both exits)
+        res["process_wall_s"] = round(wall, 1)
+        if res.get("train_img_s"):
+            gflop_s = res["train_img_s"] * flops["train_flops_per_image"] / 1e9
+            res["train_gflop_s"] = round(gflop_s, 1)
+            res["frac_of_matmul_peak"] = round(gflop_s / peak, 3) if peak else None
+        results[name] = res
+
+    rows, targets = ratios_and_targets(results)
+    print("\n# results (one JSON line per implementation)")
+    for res in results.values():
+        print(json.dumps(res), flush=True)
+    print("\n# ratios tfflows / baseline (train_img_s: higher is better; first_step_s, "
+          "sample64_s, peak_rss_mb: lower is better)")
+    for r in rows:
+        print(json.dumps(r))
+    print(f"\n# targets ({TFFLOWS_DEFAULT} against the baselines, same run)")
+    for k, v in targets.items():
+        print(f"#   {k:32s} ratio {v['ratio']}  {'MET' if v['met'] else 'NOT MET'}")
+
+    info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    report = {"benchmark": "glow_mnist", "machine": info, "argv": sys.argv[1:],
+              "args": {k: v for k, v in vars(args).items()}, "flops": flops,
+              "matmul_peak_gflop_s": peak, "matmul_peaks": peaks, "results": results,
+              "ratios": rows, "targets": targets, "failures": failures}
+    path = os.path.join(args.out_dir, "glow_mnist.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"\n# wrote {path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

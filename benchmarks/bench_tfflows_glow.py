@@ -59,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--prior", choices=["learned", "fixed"], default="learned",
                    help="Split prior: Glow's learned conv prior (tfflows' default) or "
                         "a fixed N(0, 1) on the factored half (as normflows)")
+    p.add_argument("--convnet", choices=["current", "matmul"], default="current",
+                   help="matmul: monkeypatch the proposed ConvNet.call of "
+                        "benchmarks/proposals/convnet_matmul.diff (not tfflows as shipped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="TF intra-op threads / XLA CPU threads")
@@ -87,6 +90,11 @@ def set_backend(args):
 def build_model(args):
     import keras
     import tfflows
+
+    if getattr(args, "convnet", "current") == "matmul":
+        from benchmarks import ab_convnet
+        from tfflows.layers import nets
+        nets.ConvNet.call = ab_convnet._call_fast
 
     keras.utils.set_random_seed(args.seed)
     model = tfflows.zoo.glow(preset="mnist", levels=args.levels, steps=args.depth,
@@ -133,6 +141,8 @@ def main(argv=None):
     import tfflows
     versions.update(keras=keras.__version__, tfflows=tfflows.__version__)
     impl = f"tfflows-{'tf' if args.backend == 'tensorflow' else 'jax'}-jit-{args.jit}"
+    if args.convnet != "current":
+        impl += "-convnet-matmul"
 
     rng = np.random.default_rng(args.seed)
     x_train, x_test = load_mnist(args.data)
@@ -213,11 +223,14 @@ def main(argv=None):
     t0 = time.perf_counter()
     smp_c = ops.convert_to_numpy(decode(zrng.standard_normal((64, 784)).astype(np.float32)))
     sample64_compiled_s = time.perf_counter() - t0
-    # Guard the compiled path: it must compute the same map as the eager decode.
-    z_check = zrng.standard_normal((8, 784)).astype(np.float32)
-    compiled_matches_eager = bool(np.allclose(ops.convert_to_numpy(decode(z_check)),
-                                              ops.convert_to_numpy(model.decode(z_check)),
-                                              atol=1e-3))
+    # Guard the compiled path: it must compute the same map as the eager decode
+    # (at temperature 0.5, where a briefly trained flow's inverse stays finite).
+    z_check = 0.5 * zrng.standard_normal((8, 784)).astype(np.float32)
+    a = ops.convert_to_numpy(decode(z_check))
+    b = ops.convert_to_numpy(model.decode(z_check))
+    fin = np.isfinite(a) & np.isfinite(b)
+    compiled_matches_eager = bool(np.array_equal(np.isfinite(a), np.isfinite(b)) and
+                                  np.allclose(a[fin], b[fin], rtol=1e-3, atol=1e-4))
 
     nan = first_nan_step is not None or not math.isfinite(bpd_end)
     samples_nonfinite = int(np.sum(~np.all(np.isfinite(smp.reshape(64, -1)), axis=1)))
@@ -245,7 +258,7 @@ def main(argv=None):
         "median_step_s": round(med, 4),
         "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
         "lr": args.lr, "threads": args.threads, "backend": args.backend, "jit": args.jit,
-        "prior": args.prior,
+        "prior": args.prior, "convnet": args.convnet,
         "versions": versions,
         "wall_s": round(time.perf_counter() - t_script, 1),
     }

@@ -47,6 +47,10 @@ IMPLS = {
     "tfp-glow-exit-identity": ("tf", os.path.join(SHARED_TOOLS, "bench_tfp_glow.py"),
                                ["--exit", "identity"]),
     "normflows-glow": ("torch", os.path.join(SHARED_TOOLS, "bench_normflows_glow.py"), []),
+    # Opt-in, not tfflows as shipped: the proposed ConvNet.call, monkeypatched
+    # (benchmarks/proposals/convnet_matmul.diff); never used for the targets.
+    "tfflows-tf-jit-off-convnet-matmul": ("tf", BENCH_TFFLOWS, ["--backend", "tensorflow", "--jit", "off",
+                                                                "--convnet", "matmul"]),
 }
 DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-on", "tfflows-jax", "tfp-glow",
                  "tfp-glow-exit-identity", "normflows-glow"]

@@ -139,3 +139,12 @@ def test_saved_model_gives_identical_outputs(tmp_path):
     twin.load_weights(weights)
     np.testing.assert_array_equal(to_np(twin.log_prob(x)), to_np(model.log_prob(x)))
     assert not twin.needs_initialization
+
+
+def test_fit_works_with_no_other_set_up():
+    from tfflows.zoo import data
+
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8)  # not compiled, not initialized
+    history = model.fit(data.load("mnist", batch_size=32).take(3), epochs=1, verbose=0)
+    assert not model.needs_initialization
+    assert np.isfinite(history.history["loss"][0])

@@ -42,11 +42,8 @@ def main(argv=None):
     from benchmarks import ttb_worker as tw
     wargs = tw.parse_args(["--impl", args.impl, "--hidden", str(args.hidden), "--seed", str(args.seed),
                            "--threads", "1", "--data", args.data])
-    if args.impl.startswith("tfflows"):
-        backend, jit = {"tfflows-tf-jit-off": ("tensorflow", "off"),
-                        "tfflows-tf-jit-on": ("tensorflow", "on"),
-                        "tfflows-jax": ("jax", "on")}[args.impl]
-        fns = tw.setup_tfflows(wargs, backend, jit)
+    if args.impl in tw.TFFLOWS:
+        fns = tw.setup_tfflows(wargs, args.impl)
     elif args.impl.startswith("tfp"):
         fns = tw.setup_tfp(wargs, "identity" if args.impl.endswith("identity") else "default")
     else:

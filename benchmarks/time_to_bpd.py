@@ -32,7 +32,8 @@ from benchmarks._common import RESULTS_DIR, default_data  # noqa: E402
 from benchmarks.glow_mnist import TORCH_PYTHON, machine_info, run_child, warn_if_busy  # noqa: E402
 from benchmarks.ttb_worker import IMPLS  # noqa: E402
 
-DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-on", "tfflows-jax", "tfp", "normflows"]
+DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-off-nll-eps", "tfflows-tf-jit-on", "tfflows-jax",
+                 "tfp", "normflows"]
 TFFLOWS_DEFAULT = "tfflows-tf-jit-off"
 
 
@@ -77,17 +78,14 @@ def interp_time_to(curve, target):
     return None
 
 
-def compare(results, minutes, every):
-    """The issue's time-to-quality targets, tfflows (default config) against normflows.
+def compare_one(t, nf, minutes):
+    """One tfflows run against normflows: by evaluation mark, and time to its final bpd.
 
     Evaluations are matched by their nominal mark (2, 4, ... minutes and the
     final one); a mark one implementation skipped (a single step, e.g. a long
     compile, crossed two marks) is reported as missing.
     """
-    t, nf = results.get(TFFLOWS_DEFAULT), results.get("normflows")
     out = {}
-    if not (t and nf):
-        return out
     by_mark_t = {p["mark"]: p for p in t["curve"]}
     by_mark_n = {p["mark"]: p for p in nf["curve"]}
     marks = []
@@ -107,6 +105,21 @@ def compare(results, minutes, every):
         out["normflows_final_bpd"] = target
         out["tfflows_minutes_to_normflows_final"] = tt
         out["reached_in_half_the_time"] = tt is not None and tt <= minutes / 2.0
+    return out
+
+
+def compare(results, minutes, every):
+    """The issue's time-to-quality targets: every tfflows run against normflows.
+
+    The targets are judged on `TFFLOWS_DEFAULT`; the other tfflows rows are
+    for information.
+    """
+    nf = results.get("normflows")
+    if not nf:
+        return {}
+    out = {name: compare_one(res, nf, minutes) for name, res in results.items()
+           if name.startswith("tfflows")}
+    out["targets_judged_on"] = TFFLOWS_DEFAULT
     out["note"] = (f"evaluations every {every} min of training clock; the time to "
                    f"normflows' final bits/dim is interpolated linearly between them")
     return out
@@ -187,14 +200,16 @@ def main(argv=None):
         pts = ", ".join(f"{p['mark']:g} ({p['minutes']:.2f}): {p['test_bpd']}" for p in res["curve"])
         print(f"#   {name:20s} steps {res['steps']:6d}  avg {res['img_s_avg']} img/s  "
               f"nan {res['nan']}  [{pts}]")
-    if summary:
-        print(f"# {TFFLOWS_DEFAULT} lower than normflows at every evaluation: "
-              f"{summary['tfflows_lower_at_every_eval']}")
-        if "normflows_final_bpd" in summary:
-            print(f"# {TFFLOWS_DEFAULT} reaches normflows' final {summary['normflows_final_bpd']} "
-                  f"bpd after {summary['tfflows_minutes_to_normflows_final']} min "
-                  f"(half the budget: {args.minutes / 2}): "
-                  f"{'MET' if summary['reached_in_half_the_time'] else 'NOT MET'}")
+    for name, cmp in summary.items():
+        if not isinstance(cmp, dict):
+            continue
+        judged = " (targets judged on this one)" if name == TFFLOWS_DEFAULT else ""
+        print(f"# {name}{judged}: lower than normflows at every evaluation: "
+              f"{cmp['tfflows_lower_at_every_eval']}")
+        if "normflows_final_bpd" in cmp:
+            print(f"#   reaches normflows' final {cmp['normflows_final_bpd']} bpd after "
+                  f"{cmp['tfflows_minutes_to_normflows_final']} min (target <= {args.minutes / 2}): "
+                  f"{'MET' if cmp['reached_in_half_the_time'] else 'NOT MET'}")
 
     info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     report = {"benchmark": "time_to_bpd", "machine": info, "argv": sys.argv[1:],

@@ -19,7 +19,8 @@ Models and optimizers are set up as in the shared baseline scripts:
   Adam, `forward_kld` as the loss.
 * `tfflows-*`: `build_model` from `benchmarks/bench_tfflows_glow.py`
   (`tfflows.zoo.glow(preset="mnist", hidden=400)`, Keras Adam, no clipping,
-  `train_on_batch`), ActNorm init on the first batch inside the first step.
+  `train_on_batch`), ActNorm init on the first batch inside the first step;
+  the configurations are the `TFFLOWS` table below.
 """
 import argparse
 import importlib.util
@@ -33,8 +34,17 @@ if __package__ in (None, ""):
 from benchmarks._common import (SHARED_TOOLS, default_data, emit, eval_set, load_mnist,  # noqa: E402
                                 run_time_budget)
 
-IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-on", "tfflows-jax", "tfp", "tfp-exit-identity",
-         "normflows"]
+# tfflows configurations: name -> flags of bench_tfflows_glow.py
+TFFLOWS = {
+    "tfflows-tf-jit-off": ["--backend", "tensorflow", "--jit", "off"],
+    "tfflows-tf-jit-on": ["--backend", "tensorflow", "--jit", "on"],
+    "tfflows-jax": ["--backend", "jax", "--jit", "on"],
+    # Adam's eps divided by 784 ln 2: the baselines' exact optimizer on the NLL.
+    "tfflows-tf-jit-off-nll-eps": ["--backend", "tensorflow", "--jit", "off", "--adam-eps-on", "nll"],
+    # Not tfflows as shipped: the proposed ConvNet.call (proposals/convnet_matmul.diff).
+    "tfflows-tf-jit-off-convnet-matmul": ["--backend", "tensorflow", "--jit", "off", "--convnet", "matmul"],
+}
+IMPLS = list(TFFLOWS) + ["tfp", "tfp-exit-identity", "normflows"]
 LN2_D = 784 * math.log(2.0)
 
 
@@ -65,12 +75,13 @@ def _batched_mean(fn, x, batch):
     return tot / n
 
 
-def setup_tfflows(args, backend, jit):
+def setup_tfflows(args, impl):
     from benchmarks import bench_tfflows_glow as btg
-    targs = btg.parse_args(["--backend", backend, "--jit", jit, "--lr", str(args.lr),
-                            "--hidden", str(args.hidden), "--levels", str(args.levels),
-                            "--depth", str(args.depth), "--seed", str(args.seed),
-                            "--threads", str(args.threads)])
+    targs = btg.parse_args(TFFLOWS[impl] + ["--lr", str(args.lr),
+                                            "--hidden", str(args.hidden), "--levels", str(args.levels),
+                                            "--depth", str(args.depth), "--seed", str(args.seed),
+                                            "--threads", str(args.threads)])
+    backend = targs.backend
     btg.set_backend(targs)
     import keras
     import numpy as np
@@ -191,11 +202,8 @@ def setup_normflows(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.impl.startswith("tfflows"):
-        backend, jit = {"tfflows-tf-jit-off": ("tensorflow", "off"),
-                        "tfflows-tf-jit-on": ("tensorflow", "on"),
-                        "tfflows-jax": ("jax", "on")}[args.impl]
-        fns = setup_tfflows(args, backend, jit)
+    if args.impl in TFFLOWS:
+        fns = setup_tfflows(args, args.impl)
     elif args.impl.startswith("tfp"):
         fns = setup_tfp(args, "identity" if args.impl.endswith("identity") else "default")
     else:

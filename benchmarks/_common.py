@@ -25,6 +25,18 @@ RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 EVAL_NOISE_SEED = 12345
 
 
+def add_model_args(p):
+    """The architecture/optimizer flags every benchmark shares (same defaults as ../shared/tools)."""
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=400)
+    p.add_argument("--levels", type=int, default=2)
+    p.add_argument("--depth", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    return p
+
+
 def default_data():
     """`$SHARED_DATA/mnist.npz` if set, else `../shared/data/mnist.npz` from the repo root."""
     root = os.environ.get("SHARED_DATA", os.path.join(SHARED_DIR, "data"))

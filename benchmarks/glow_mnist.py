@@ -32,7 +32,8 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import REPO_ROOT, RESULTS_DIR, SHARED_TOOLS, default_data, last_json_line  # noqa: E402
+from benchmarks._common import (REPO_ROOT, RESULTS_DIR, SHARED_TOOLS, add_model_args, default_data,  # noqa: E402
+                               last_json_line)
 from benchmarks.flops import glow_flops  # noqa: E402
 
 TORCH_PYTHON = os.environ.get("TORCH_PYTHON", "/tmp/torchenv/bin/python")
@@ -68,13 +69,7 @@ def parse_args(argv=None):
                    help=f"comma-separated subset of {list(IMPLS)}")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--hidden", type=int, default=400)
-    p.add_argument("--levels", type=int, default=2)
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    add_model_args(p)
     p.add_argument("--eval-n", type=int, default=512)
     p.add_argument("--data", default=default_data())
     p.add_argument("--tf-python", default=sys.executable,

@@ -28,7 +28,7 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import RESULTS_DIR, default_data  # noqa: E402
+from benchmarks._common import RESULTS_DIR, add_model_args, default_data  # noqa: E402
 from benchmarks.glow_mnist import TORCH_PYTHON, machine_info, run_child, warn_if_busy  # noqa: E402
 from benchmarks.ttb_worker import IMPLS  # noqa: E402
 
@@ -43,13 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=float, default=2.0, help="minutes of training clock")
     p.add_argument("--eval-n", type=int, default=2000, help="first N test images, fixed noise")
     p.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma-separated subset of {IMPLS}")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--hidden", type=int, default=400)
-    p.add_argument("--levels", type=int, default=2)
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    add_model_args(p)
     p.add_argument("--data", default=default_data())
     p.add_argument("--tf-python", default=sys.executable)
     p.add_argument("--torch-python", default=TORCH_PYTHON)

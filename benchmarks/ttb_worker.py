@@ -31,7 +31,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import (SHARED_TOOLS, default_data, emit, eval_set, load_mnist,  # noqa: E402
+from benchmarks._common import (SHARED_TOOLS, add_model_args, default_data, emit, eval_set, load_mnist,  # noqa: E402
                                 run_time_budget)
 
 # tfflows configurations: name -> flags of bench_tfflows_glow.py
@@ -55,13 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=float, default=2.0, help="minutes of training clock")
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--eval-batch", type=int, default=200)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--hidden", type=int, default=400)
-    p.add_argument("--levels", type=int, default=2)
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    add_model_args(p)
     p.add_argument("--data", default=default_data())
     return p.parse_args(argv)
 

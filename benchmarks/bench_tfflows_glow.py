@@ -12,13 +12,15 @@ Data, batches and noise exactly as `../shared/tools/bench_*_glow.py`: x =
 `np.random.default_rng(--seed)` that also draws the noise; test noise from
 `default_rng(12345)`. bits/dim = NLL / (784 ln 2) + 8.
 
-Training: the public Keras path, `model.compile(optimizer=Adam(lr, 0.9, 0.999,
-1e-8), jit_compile=...)` + `model.train_on_batch`, no clipping, plain updates
-(a NaN loss is recorded, never skipped). `FlowModel` minimises bits/dim, i.e.
-NLL / (784 ln 2) + 8: the same minimiser, and Adam's update is invariant to
-the constant factor except through eps: 1e-8 on bits/dim acts like 5.4e-6 on
-the NLL scale, which measurably slows training. `--adam-eps-on nll` uses
-1e-8 / (784 ln 2) instead, the baselines' exact Adam. ActNorm data init is `model.initialize(first batch)` (what `fit`
+Training: the public Keras path, `model.compile(optimizer=
+tfflows.default_optimizer(lr, clipnorm=None, dims=784), jit_compile=...)` +
+`model.train_on_batch`, no clipping, plain updates (a NaN loss is recorded,
+never skipped). `FlowModel` minimises bits/dim, i.e. NLL / (784 ln 2) + 8:
+the same minimiser, and Adam's update is invariant to the constant factor
+except through eps. tfflows' default optimizer divides eps by 784 ln 2, so
+its updates are exactly those of the baselines' Adam(1e-3, 0.9, 0.999, 1e-8)
+on the NLL (`--adam-eps-on nll`, the default). `--adam-eps-on bpd` keeps the
+literal eps 1e-8 on bits/dim (acts like 5.4e-6 on the NLL; slower training). ActNorm data init is `model.initialize(first batch)` (what `fit`
 does), timed inside the first step as the baselines' lazy init is.
 
 Backends: `--backend tensorflow|jax` (set before keras is imported);
@@ -60,12 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--prior", choices=["learned", "fixed"], default="learned",
                    help="Split prior: Glow's learned conv prior (tfflows' default) or "
                         "a fixed N(0, 1) on the factored half (as normflows)")
-    p.add_argument("--adam-eps-on", choices=["bpd", "nll"], default="bpd",
-                   help="bpd: Adam eps 1e-8 on tfflows' bits/dim loss (the brief); nll: eps "
-                        "1e-8 / (D ln 2), i.e. exactly the baselines' Adam on the NLL in nats")
-    p.add_argument("--convnet", choices=["current", "matmul"], default="current",
-                   help="matmul: monkeypatch the proposed ConvNet.call of "
-                        "benchmarks/proposals/convnet_matmul.diff (not tfflows as shipped)")
+    p.add_argument("--adam-eps-on", choices=["bpd", "nll"], default="nll",
+                   help="nll (tfflows' default_optimizer): eps 1e-8 / (D ln 2), exactly the "
+                        "baselines' Adam on the NLL in nats; bpd: the literal eps 1e-8 on bits/dim")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="TF intra-op threads / XLA CPU threads")
@@ -98,10 +97,11 @@ def adam_epsilon(args, dims):
     + const, so its gradients are D ln 2 (543 for MNIST) times smaller and the
     same eps weighs 543x more in `m / (sqrt(v) + eps)`. `--adam-eps-on nll`
     divides eps by D ln 2, which makes the update sequence identical to Adam
-    with eps 1e-8 on the NLL; the default keeps the literal 1e-8.
+    with eps 1e-8 on the NLL (tfflows' `default_optimizer`); `bpd` keeps the
+    literal 1e-8.
     """
     eps = 1e-8
-    if getattr(args, "adam_eps_on", "bpd") == "nll":
+    if getattr(args, "adam_eps_on", "nll") == "nll":
         eps /= dims * math.log(2.0)
     return eps
 
@@ -110,17 +110,16 @@ def build_model(args):
     import keras
     import tfflows
 
-    if getattr(args, "convnet", "current") == "matmul":
-        from benchmarks import ab_convnet
-        from tfflows.layers import nets
-        nets.ConvNet.call = ab_convnet._call_fast
-
     keras.utils.set_random_seed(args.seed)
     model = tfflows.zoo.glow(preset="mnist", levels=args.levels, steps=args.depth,
                              hidden=args.hidden, lu=True,
                              learned_prior=args.prior == "learned")
-    opt = keras.optimizers.Adam(learning_rate=args.lr, beta_1=0.9, beta_2=0.999,
-                                epsilon=adam_epsilon(args, model.dims))
+    if getattr(args, "adam_eps_on", "nll") == "nll":  # tfflows' own default optimizer
+        opt = tfflows.default_optimizer(args.lr, clipnorm=None, dims=model.dims)
+    else:
+        opt = keras.optimizers.Adam(learning_rate=args.lr, beta_1=0.9, beta_2=0.999,
+                                    epsilon=adam_epsilon(args, model.dims))
+    assert math.isclose(float(opt.epsilon), adam_epsilon(args, model.dims), rel_tol=1e-6)
     model.compile(optimizer=opt, jit_compile=(args.jit == "on"))
     return model
 
@@ -161,10 +160,8 @@ def main(argv=None):
     import tfflows
     versions.update(keras=keras.__version__, tfflows=tfflows.__version__)
     impl = f"tfflows-{'tf' if args.backend == 'tensorflow' else 'jax'}-jit-{args.jit}"
-    if args.convnet != "current":
-        impl += "-convnet-matmul"
-    if args.adam_eps_on != "bpd":
-        impl += "-nll-eps"
+    if args.adam_eps_on != "nll":
+        impl += "-bpd-eps"
 
     rng = np.random.default_rng(args.seed)
     x_train, x_test = load_mnist(args.data)
@@ -280,7 +277,7 @@ def main(argv=None):
         "median_step_s": round(med, 4),
         "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
         "lr": args.lr, "threads": args.threads, "backend": args.backend, "jit": args.jit,
-        "prior": args.prior, "convnet": args.convnet, "adam_eps": adam_epsilon(args, 784),
+        "prior": args.prior, "adam_eps": adam_epsilon(args, 784),
         "versions": versions,
         "wall_s": round(time.perf_counter() - t_script, 1),
     }

@@ -40,8 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--logdir", default="/tmp/tfflows_profile")
     p.add_argument("--xla-dump", default=None, help="folder for XLA's optimised HLO")
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--convnet", choices=["base", "mm1x1", "fast"], default="base",
-                   help="profile a proposed ConvNet.call from ab_convnet.py (monkeypatched)")
+    p.add_argument("--convnet", choices=["shipped", "conv2d", "mm1x1"], default="shipped",
+                   help="shipped: ConvNet.call as in tfflows (matmul convs); conv2d / mm1x1: "
+                        "the earlier variants from ab_convnet.py (monkeypatched)")
     p.add_argument("--data", default=default_data())
     return p.parse_args(argv)
 
@@ -116,10 +117,10 @@ def main(argv=None):
     if args.backend == "tensorflow":
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    if args.convnet != "base":
+    if args.convnet != "shipped":
         from benchmarks import ab_convnet
         from tfflows.layers import nets
-        nets.ConvNet.call = {"mm1x1": ab_convnet._call_mm1x1, "fast": ab_convnet._call_fast}[args.convnet]
+        nets.ConvNet.call = {"conv2d": ab_convnet._call_conv2d, "mm1x1": ab_convnet._call_mm1x1}[args.convnet]
     model = btg.build_model(targs)
     x_train, _ = load_mnist(args.data)
     batches = random_batches(x_train, args.batch, np.random.default_rng(0))

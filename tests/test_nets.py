@@ -34,14 +34,16 @@ def _conv(c_in, c_out, k, seed, h=7, w=5):
 def _branch(c_in, c_out, k):
     if k == 1:
         return "matmul"
-    if k * k * min(c_in, c_out) > nets._MATMUL_CONV_MAX_COLS or max(c_in, c_out) < nets._MATMUL_CONV_MIN_WIDTH:
+    if k * k * min(c_in, c_out) > nets._MATMUL_CONV_MAX_COLS:
         return "fallback"
     return "im2col" if c_in <= c_out else "shifted-sum"
 
 
 # (c_in, c_out, kernel): Glow's first conv (narrow in), last conv (narrow out),
-# the hidden 1x1, and two that fall back to Conv2D (narrow and too wide a side).
-CASES = [(2, 400, 3), (400, 4, 3), (400, 400, 1), (4, 128, 3), (20, 400, 3), (3, 300, 5)]
+# the hidden 1x1, narrow nets (RealNVP's width 64, both sides narrow), a 5x5,
+# and one that falls back to Conv2D (9 * 20 columns is too many).
+CASES = [(2, 400, 3), (400, 4, 3), (400, 400, 1), (4, 128, 3), (64, 8, 3), (8, 12, 3),
+         (3, 300, 5), (20, 400, 3)]
 
 
 @pytest.mark.parametrize("c_in,c_out,k", CASES)
@@ -78,7 +80,7 @@ def _grads(fn, conv, x):
     return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1, 2))(x, conv.kernel.value, conv.bias.value)]
 
 
-@pytest.mark.parametrize("c_in,c_out,k", CASES[:3])
+@pytest.mark.parametrize("c_in,c_out,k", CASES[:6])
 def test_matmul_conv_gradients_equal_conv2d(c_in, c_out, k):
     conv, x = _conv(c_in, c_out, k, seed=7)
     want = _grads(conv, conv, x)

@@ -27,6 +27,16 @@ def sum_except_batch(x):
     return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
 
 
+def split_channels(x, c):
+    """`(x[..., :c], x[..., c:])` as one `split` op.
+
+    Its gradient is a concatenation; the gradient of a strided slice
+    (`StridedSliceGrad` on TensorFlow) costs about 10 % of a Glow train step
+    on CPU.
+    """
+    return tuple(ops.split(x, [int(c)], axis=-1))
+
+
 def zeros_log_det(x):
     """A float32 `(batch,)` tensor of zeros, for volume-preserving maps."""
     return ops.zeros((ops.shape(x)[0],), dtype="float32")

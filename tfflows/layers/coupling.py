@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfflows.layers.base import FlowLayer, register, sum_except_batch, zeros_log_det
+from tfflows.layers.base import FlowLayer, register, split_channels, sum_except_batch, zeros_log_det
 from tfflows.layers.nets import default_net
 
 MASKS = ("channel", "checkerboard")
@@ -96,9 +96,9 @@ class _Coupling(FlowLayer):
         """Returns (conditioner input, transformed part, mask or None)."""
         if self.mask == "channel":
             if self.reverse:
-                c_b = x.shape[-1] - self._c_a
-                return x[..., c_b:], x[..., :c_b]
-            return x[..., : self._c_a], x[..., self._c_a :]
+                x_b, x_a = split_channels(x, x.shape[-1] - self._c_a)
+                return x_a, x_b
+            return split_channels(x, self._c_a)
         return x * self._mask, x
 
     def _join(self, x_a, y_b):
@@ -232,8 +232,7 @@ class AffineCoupling(_Coupling):
         # The net may compute in bfloat16/float16 (mixed precision); the
         # coupling's arithmetic and log-det stay in the input's dtype.
         h = ops.cast(self.net(cond), cond.dtype)
-        c = h.shape[-1] // 2
-        t, raw = h[..., :c], h[..., c:]
+        t, raw = split_channels(h, h.shape[-1] // 2)
         if self.scale == "sigmoid":
             return t, ops.log_sigmoid(raw + 2.0)
         return t, self.scale_factor * ops.tanh(raw)

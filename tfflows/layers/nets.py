@@ -6,23 +6,45 @@ begins training from a well-conditioned point instead of a random bijection.
 """
 
 import keras
+import numpy as np
 from keras import layers as kl
 from keras import ops
 
-# A k x k convolution runs as matmuls when one side is narrow (k*k*C <= 128)
-# and the other wide (>= 256 channels), as in Glow's first and last coupling
-# convs. Below that width the shifts cost more than they save.
+# A k x k convolution runs as matmuls when one side is narrow (k*k*C <= 128),
+# as in the first and last convs of every coupling net.
+# `benchmarks/bench_tfflows_glow.py` measured the Glow train step on 2 CPU
+# cores against plain `Conv2D`s at widths 64, 128 and 400.
 _MATMUL_CONV_MAX_COLS = 128
-_MATMUL_CONV_MIN_WIDTH = 256
 
 
-def _shift(v, dy, dx):
-    """`out[:, i, j] = v[:, i + dy, j + dx]`, zero outside (a slice, then a pad)."""
-    if dy == 0 and dx == 0:
-        return v
-    _, h, w, _ = v.shape
-    src = v[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0), :]
-    return ops.pad(src, [[0, 0], [max(-dy, 0), max(dy, 0)], [max(-dx, 0), max(dx, 0)], [0, 0]])
+def _tap_selector(kh, kw, c):
+    """`(kh, kw, c, kh * kw * c)` 0/1 array: tap `t = ky * kw + kx`, channel
+    `i` -> channel `t * c + i`."""
+    p = np.zeros((kh, kw, c, kh * kw * c), dtype="float32")
+    for ky in range(kh):
+        for kx in range(kw):
+            t = ky * kw + kx
+            p[ky, kx, np.arange(c), t * c + np.arange(c)] = 1.0
+    return p
+
+
+def _im2col(x, kh, kw):
+    """`(N, H, W, C) -> (N, H, W, kh * kw * C)`: channel `t * C + i` holds
+    input channel `i` at tap `t = ky * kw + kx`, i.e. `x[n, y + ky - kh // 2,
+    x + kx - kw // 2, i]`, zero outside. One "same" convolution with a
+    constant 0/1 kernel (and one for its gradient) instead of `kh * kw`
+    slices and pads: on CPU the op count, not the FLOPs, is what costs here.
+    """
+    sel = ops.convert_to_tensor(_tap_selector(kh, kw, x.shape[-1]), dtype=x.dtype)
+    return ops.conv(x, sel, padding="same")
+
+
+def _sum_taps(z, kh, kw, c):
+    """`(N, H, W, kh * kw * c) -> (N, H, W, c)`: `out[n, y, x, i] = sum_t
+    z[n, y + ky_t - kh // 2, x + kx_t - kw // 2, t * c + i]`, zero outside;
+    one "same" convolution with the transposed 0/1 kernel of `_im2col`."""
+    sel = np.transpose(_tap_selector(kh, kw, c), (0, 1, 3, 2))
+    return ops.conv(z, ops.convert_to_tensor(sel, dtype=z.dtype), padding="same")
 
 
 def _conv_same_as_matmul(conv, x):
@@ -45,24 +67,25 @@ def _conv_same_as_matmul(conv, x):
     k = ops.cast(conv.kernel, x.dtype)
     if (kh, kw) == (1, 1):
         y = ops.matmul(ops.reshape(x, (-1, c_in)), ops.reshape(k, (c_in, c_out)))
-    elif kh * kw * min(c_in, c_out) > _MATMUL_CONV_MAX_COLS or max(c_in, c_out) < _MATMUL_CONV_MIN_WIDTH:
+    elif kh * kw * min(c_in, c_out) > _MATMUL_CONV_MAX_COLS:
         return conv(x)
     else:
-        taps = [(dy - kh // 2, dx - kw // 2) for dy in range(kh) for dx in range(kw)]
-        if c_in <= c_out:  # im2col of the narrow input
-            cols = ops.concatenate([_shift(x, dy, dx) for dy, dx in taps], axis=-1)
+        if c_in <= c_out:  # im2col of the narrow input, then one matmul
+            cols = _im2col(x, kh, kw)
             y = ops.matmul(ops.reshape(cols, (-1, kh * kw * c_in)), ops.reshape(k, (kh * kw * c_in, c_out)))
         else:  # every tap's narrow output in one matmul, then a shifted sum
             kk = ops.reshape(ops.transpose(k, (2, 0, 1, 3)), (c_in, kh * kw * c_out))
             z = ops.reshape(ops.matmul(ops.reshape(x, (-1, c_in)), kk), (-1, h, w, kh * kw * c_out))
-            y = None
-            for z_t, (dy, dx) in zip(ops.split(z, kh * kw, axis=-1), taps):
-                s_t = _shift(z_t, dy, dx)
-                y = s_t if y is None else y + s_t
-    y = ops.reshape(y, (-1, h, w, c_out))
+            y = _sum_taps(z, kh, kw, c_out)
+            y = ops.reshape(y, (-1, c_out))
+    # Bias and activation on the matmul's own 2-D output, then the reshape:
+    # TF's graph optimiser fuses MatMul + bias + ReLU into one oneDNN call
+    # only when nothing stands between them.
     if conv.use_bias:
         y = y + ops.cast(conv.bias, y.dtype)
-    return conv.activation(y) if conv.activation is not None else y
+    if conv.activation is not None:
+        y = conv.activation(y)
+    return ops.reshape(y, (-1, h, w, c_out))
 
 
 @keras.saving.register_keras_serializable(package="tfflows")

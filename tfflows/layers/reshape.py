@@ -4,7 +4,7 @@ import keras
 from keras import layers as kl
 from keras import ops
 
-from tfflows.layers.base import FlowLayer, _shape_str, register, sum_except_batch, zeros_log_det
+from tfflows.layers.base import FlowLayer, _shape_str, register, split_channels, sum_except_batch, zeros_log_det
 
 
 def squeeze_nhwc(x, factor=2):
@@ -233,7 +233,7 @@ class Split(FlowLayer):
 
     def separate(self, y):
         """Splits a forward output into `(kept, factored)`."""
-        return y[..., : self._keep], y[..., self._keep :]
+        return split_channels(y, self._keep)
 
     def merge(self, kept, factored):
         """Inverse of `separate`."""
@@ -241,8 +241,7 @@ class Split(FlowLayer):
 
     def _prior(self, x_a):
         h = ops.cast(self.prior(x_a), x_a.dtype)  # the conv may run in a mixed-precision dtype
-        c = h.shape[-1] // 2
-        return h[..., :c], h[..., c:]
+        return split_channels(h, h.shape[-1] // 2)
 
     def _forward(self, x, training=False):
         if not self.learned_prior:

@@ -105,3 +105,52 @@ def test_export_command_writes_a_new_version_each_time(tmp_path, capsys):
 def test_resume_without_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(SystemExit, match=r"no checkpoint in"):
         cli.main(["train", "--out", str(tmp_path), "--resume", str(tmp_path), *TINY])
+
+
+def test_ema_weights_hold_the_moving_average_and_restore_the_live_weights():
+    import keras
+
+    import tfflows
+
+    keras.utils.set_random_seed(0)
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=4)
+    model.compile(optimizer=tfflows.default_optimizer(3e-3, dims=model.dims, ema_momentum=0.5))
+    x = np.random.default_rng(0).random((16, 28, 28, 1)).astype("float32")
+    model.initialize(x)
+    with training.ema_weights(model) as averaged:
+        assert not averaged  # no step taken yet: nothing to average
+    expected = None
+    for _ in range(3):
+        model.train_on_batch(x)
+        live = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+        # Keras' EMA: the first step copies the weights, then avg = m * avg + (1 - m) * w.
+        expected = live if expected is None else [0.5 * e + 0.5 * w for e, w in zip(expected, live)]
+    with training.ema_weights(model) as averaged:
+        assert averaged
+        inside = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    for got, want in zip(inside, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(after, live):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.allclose(a, b) for a, b in zip(inside, live))
+
+
+def test_train_with_ema_records_both_curves_and_writes_the_average(tmp_path):
+    out = str(tmp_path / "run")
+    cli.main(["train", "--out", out, "--epochs", "1", *TINY, "--no-export", "--ema", "0.9",
+              "--eval-minutes", "0"])
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    later = [c for c in metrics["curve"] if c["step"] > 0]
+    assert later and all("test_bpd_live" in c for c in later)
+    assert any(c["test_bpd"] != c["test_bpd_live"] for c in later)
+    # The written weights are the average: they give the last EMA evaluation's number.
+    model, _ = cli.load_model_from_args(cli.build_parser().parse_args(["evaluate", "--run", out]))
+    bpd = training.evaluate_bpd(model, training_test_images(), draws=1, n_bits=8)[0]
+    assert abs(bpd - later[-1]["test_bpd"]) < 1e-3
+
+
+def training_test_images():
+    from tfflows.zoo import data as zdata
+
+    return zdata.load_arrays("mnist", "test", limit=64)

@@ -44,6 +44,9 @@ def build_parser():
                    help="learning-rate decay over --decay-steps")
     t.add_argument("--decay-steps", type=int, default=100000)
     t.add_argument("--clipnorm", type=float, default=100.0, help="global gradient-norm clip")
+    t.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
+                   help="keep a moving average of the weights (e.g. 0.999): the curve evaluates it "
+                        "and the written weights are the average")
     t.add_argument("--n-bits", type=int, default=8)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="tfflows_out", help="output folder")
@@ -175,12 +178,15 @@ def cmd_train(args):
     preset = args.preset or "mnist-tiny"
     cfg = dict(model=args.model, preset=preset, overrides=_overrides(args), data=args.data,
                batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, decay=args.decay,
-               decay_steps=args.decay_steps, clipnorm=args.clipnorm, seed=args.seed, n_bits=args.n_bits,
+               decay_steps=args.decay_steps, clipnorm=args.clipnorm, ema=args.ema, seed=args.seed, n_bits=args.n_bits,
                backend=keras.backend.backend(), jit=args.jit, strategy=args.strategy, dtype=args.dtype)
     from tfflows import distribute
 
-    strategy = distribute.get_strategy(args.strategy)  # before any other TF op (multi-worker)
     custom_loop = args.strategy in ("multiworker", "tpu")
+    if custom_loop and args.ema is not None:
+        raise SystemExit(f"tfflows: --ema works with Keras fit (--strategy default or mirrored), "
+                         f"not with --strategy {args.strategy}.")
+    strategy = distribute.get_strategy(args.strategy)  # before any other TF op (multi-worker)
     chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(args.seed)
     distribute.set_dtype_policy(args.dtype)
@@ -211,7 +217,8 @@ def cmd_train(args):
             model.load_weights(args.init_from)
             _log(f"[tfflows] initialised from {args.init_from}")
         jit = {"auto": "auto", "on": True, "off": False}[args.jit]
-        model.compile(optimizer=tfflows.default_optimizer(_learning_rate(args), args.clipnorm, dims=model.dims),
+        model.compile(optimizer=tfflows.default_optimizer(_learning_rate(args), args.clipnorm, dims=model.dims,
+                                                          ema_momentum=args.ema),
                       jit_compile=jit)
     scope.__exit__(None, None, None)
     _log(f"[tfflows] {cfg['model']} preset={cfg['preset']} params={model.count_params():,} "

@@ -44,7 +44,7 @@ class StopOnNaN(keras.callbacks.Callback):
             )
 
 
-def default_optimizer(learning_rate=1e-3, clipnorm=100.0, dims=None, epsilon=1e-8):
+def default_optimizer(learning_rate=1e-3, clipnorm=100.0, dims=None, epsilon=1e-8, ema_momentum=None):
     """Adam with global-norm gradient clipping: the tfflows training default.
 
     `FlowModel` minimises bits/dim, `NLL / (dims * ln 2)` plus a constant, so
@@ -60,10 +60,16 @@ def default_optimizer(learning_rate=1e-3, clipnorm=100.0, dims=None, epsilon=1e-
         clipnorm: global-norm gradient clipping threshold (`None`: no clipping).
         dims: data dimensions per example (`FlowModel.dims`), or `None`.
         epsilon: Adam's epsilon on the NLL scale (with `dims`) or as is.
+        ema_momentum: keep an exponential moving average (Polyak averaging)
+            of the weights with this momentum, e.g. 0.999 (Keras'
+            `use_ema`). `fit` writes the average into the model when it
+            ends; `tfflows.training.ema_weights` swaps it in meanwhile.
+            `None` (the default): no average.
     """
     if dims is not None:
         epsilon = epsilon / (int(dims) * math.log(2.0))
-    return keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clipnorm, epsilon=epsilon)
+    ema = {} if ema_momentum is None else dict(use_ema=True, ema_momentum=float(ema_momentum))
+    return keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clipnorm, epsilon=epsilon, **ema)
 
 
 @keras.saving.register_keras_serializable(package="tfflows")

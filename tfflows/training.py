@@ -9,6 +9,7 @@ while saving leaves the previous checkpoint as the latest. The two newest
 checkpoints are kept.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -78,6 +79,29 @@ def load_checkpoint(path):
     return model, state
 
 
+@contextlib.contextmanager
+def ema_weights(model):
+    """Inside the block the model's trainable weights are the optimizer's
+    moving average (`default_optimizer(ema_momentum=...)`); the live weights
+    come back on exit. Yields whether an average was swapped in (False for
+    an optimizer without one, or before its first step).
+    """
+    opt = getattr(model, "optimizer", None)
+    averages = getattr(opt, "_model_variables_moving_average", None) if getattr(opt, "use_ema", False) else None
+    if not averages or int(keras.ops.convert_to_numpy(opt.iterations)) == 0:
+        yield False
+        return
+    variables = opt._trainable_variables
+    live = [keras.ops.convert_to_numpy(v) for v in variables]
+    for var, avg in zip(variables, averages):
+        var.assign(avg)
+    try:
+        yield True
+    finally:
+        for var, value in zip(variables, live):
+            var.assign(value)
+
+
 class TrainState(keras.callbacks.Callback):
     """Counts steps and time, saves checkpoints every `every_minutes`, stops
     at the wall-clock budget, and records test bits/dim every `eval_minutes`.
@@ -117,10 +141,15 @@ class TrainState(keras.callbacks.Callback):
 
     def _evaluate(self):
         t = time.time()
-        bpd = float(self.eval_fn(self.model))
-        self.state["curve"].append(dict(minutes=round(self._elapsed(), 3), step=self.state["step"],
-                                        test_bpd=round(bpd, 5)))
-        self.log(f"[tfflows] step {self.state['step']}  {self._elapsed():.1f} min  test bpd {bpd:.4f}")
+        point = dict(minutes=round(self._elapsed(), 3), step=self.state["step"])
+        with ema_weights(self.model) as averaged:
+            point["test_bpd"] = round(float(self.eval_fn(self.model)), 5)
+        msg = f"test bpd {point['test_bpd']:.4f}"
+        if averaged:  # the curve follows the averaged weights (what training writes); the live ones too
+            point["test_bpd_live"] = round(float(self.eval_fn(self.model)), 5)
+            msg += f" (EMA weights; live weights {point['test_bpd_live']:.4f})"
+        self.state["curve"].append(point)
+        self.log(f"[tfflows] step {self.state['step']}  {self._elapsed():.1f} min  {msg}")
         # Evaluation time is not training time.
         self._t0 += time.time() - t
         self._last_eval = time.time()

@@ -65,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--adam-eps-on", choices=["bpd", "nll"], default="nll",
                    help="nll (tfflows' default_optimizer): eps 1e-8 / (D ln 2), exactly the "
                         "baselines' Adam on the NLL in nats; bpd: the literal eps 1e-8 on bits/dim")
+    p.add_argument("--dtype", choices=["float32", "mixed_bfloat16"], default="float32",
+                   help="Keras dtype policy: mixed_bfloat16 runs the coupling nets' matmuls in "
+                        "bfloat16 (float32 weights, flow arithmetic, log-dets and loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="TF intra-op threads / XLA CPU threads")
@@ -111,6 +114,7 @@ def build_model(args):
     import tfflows
 
     keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(getattr(args, "dtype", "float32"))
     model = tfflows.zoo.glow(preset="mnist", levels=args.levels, steps=args.depth,
                              hidden=args.hidden, lu=True,
                              learned_prior=args.prior == "learned")
@@ -162,6 +166,8 @@ def main(argv=None):
     impl = f"tfflows-{'tf' if args.backend == 'tensorflow' else 'jax'}-jit-{args.jit}"
     if args.adam_eps_on != "nll":
         impl += "-bpd-eps"
+    if args.dtype == "mixed_bfloat16":
+        impl += "-bf16"
 
     rng = np.random.default_rng(args.seed)
     x_train, x_test = load_mnist(args.data)
@@ -248,8 +254,12 @@ def main(argv=None):
     a = ops.convert_to_numpy(decode(z_check))
     b = ops.convert_to_numpy(model.decode(z_check))
     fin = np.isfinite(a) & np.isfinite(b)
+    # bfloat16 nets: eager and compiled graphs may round a net output to a
+    # neighbouring bfloat16 (relative step 2^-8), so the tolerance is wider.
+    rtol, atol = (1e-3, 1e-4) if args.dtype == "float32" else (3e-2, 1e-2)
     compiled_matches_eager = bool(np.array_equal(np.isfinite(a), np.isfinite(b)) and
-                                  np.allclose(a[fin], b[fin], rtol=1e-3, atol=1e-4))
+                                  np.allclose(a[fin], b[fin], rtol=rtol, atol=atol))
+    compiled_max_abs_diff = float(np.max(np.abs(a[fin] - b[fin]))) if fin.any() else None
 
     nan = first_nan_step is not None or not math.isfinite(bpd_end)
     samples_nonfinite = int(np.sum(~np.all(np.isfinite(smp.reshape(64, -1)), axis=1)))
@@ -273,11 +283,12 @@ def main(argv=None):
         "sample64_compiled_first_s": round(sample64_compiled_first_s, 3),
         "samples_nonfinite": samples_nonfinite,
         "sample_compiled_matches_eager": compiled_matches_eager,
+        "sample_compiled_max_abs_diff": compiled_max_abs_diff,
         "samples_compiled_nonfinite": int(np.sum(~np.all(np.isfinite(smp_c.reshape(64, -1)), axis=1))),
         "median_step_s": round(med, 4),
         "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
         "lr": args.lr, "threads": args.threads, "backend": args.backend, "jit": args.jit,
-        "prior": args.prior, "adam_eps": adam_epsilon(args, 784),
+        "prior": args.prior, "dtype": args.dtype, "adam_eps": adam_epsilon(args, 784),
         "versions": versions,
         "wall_s": round(time.perf_counter() - t_script, 1),
     }

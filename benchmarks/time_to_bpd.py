@@ -112,6 +112,10 @@ def compare(results, minutes, every):
         return {}
     out = {name: compare_one(res, nf, minutes) for name, res in results.items()
            if name.startswith("tfflows")}
+    nf16 = results.get("normflows-bf16")
+    if nf16:  # information: each tfflows run against normflows under torch autocast
+        out["vs_normflows_bf16"] = {name: compare_one(res, nf16, minutes) for name, res in results.items()
+                                    if name.startswith("tfflows")}
     out["targets_judged_on"] = TFFLOWS_DEFAULT
     out["note"] = (f"evaluations every {every} min of training clock; the time to "
                    f"normflows' final bits/dim is interpolated linearly between them")
@@ -172,7 +176,7 @@ def main(argv=None):
     results, failures = {}, {}
     t0 = time.perf_counter()
     for name in args.impls:
-        py = args.torch_python if name == "normflows" else args.tf_python
+        py = args.torch_python if name.startswith("normflows") else args.tf_python
         if not os.path.exists(py):
             failures[name] = f"interpreter {py} not found"
             print(f"# {name}: SKIPPED ({failures[name]})", flush=True)
@@ -194,7 +198,7 @@ def main(argv=None):
         print(f"#   {name:20s} steps {res['steps']:6d}  avg {res['img_s_avg']} img/s  "
               f"nan {res['nan']}  [{pts}]")
     for name, cmp in summary.items():
-        if not isinstance(cmp, dict):
+        if not isinstance(cmp, dict) or name == "vs_normflows_bf16":
             continue
         judged = " (targets judged on this one)" if name == TFFLOWS_DEFAULT else ""
         print(f"# {name}{judged}: lower than normflows at every evaluation: "
@@ -203,6 +207,11 @@ def main(argv=None):
             print(f"#   reaches normflows' final {cmp['normflows_final_bpd']} bpd after "
                   f"{cmp['tfflows_minutes_to_normflows_final']} min (target <= {args.minutes / 2}): "
                   f"{'MET' if cmp['reached_in_half_the_time'] else 'NOT MET'}")
+    for name, cmp in summary.get("vs_normflows_bf16", {}).items():
+        print(f"# {name} against normflows-bf16 (information): lower at every evaluation: "
+              f"{cmp['tfflows_lower_at_every_eval']}" +
+              (f"; reaches its final {cmp['normflows_final_bpd']} bpd after "
+               f"{cmp['tfflows_minutes_to_normflows_final']} min" if "normflows_final_bpd" in cmp else ""))
 
     info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     report = {"benchmark": "time_to_bpd", "machine": info, "argv": sys.argv[1:],

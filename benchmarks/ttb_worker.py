@@ -16,7 +16,10 @@ Models and optimizers are set up as in the shared baseline scripts:
   (jit_compile=False) train step; copied from `bench_tfp_glow.py`, whose
   model is built inside `main()`.
 * `normflows`: `build_glow` imported from `bench_normflows_glow.py`, torch
-  Adam, `forward_kld` as the loss.
+  Adam, `forward_kld` as the loss. `normflows-bf16`: the same, with each
+  training step under `torch.autocast("cpu", dtype=torch.bfloat16)`; it is
+  evaluated in float32 (its weights are float32), as the other runs are
+  evaluated the way they train.
 * `tfflows-*`: `build_model` from `benchmarks/bench_tfflows_glow.py`
   (`tfflows.zoo.glow(preset="mnist", hidden=400)`, Keras Adam, no clipping,
   `train_on_batch`), ActNorm init on the first batch inside the first step;
@@ -41,8 +44,10 @@ TFFLOWS = {
     "tfflows-jax": ["--backend", "jax", "--jit", "on"],
     # Opt-in: Adam's literal eps 1e-8 on bits/dim instead of tfflows' default.
     "tfflows-tf-jit-off-bpd-eps": ["--backend", "tensorflow", "--jit", "off", "--adam-eps-on", "bpd"],
+    # bfloat16 coupling nets (Keras mixed_bfloat16 policy; flow, log-dets and loss float32).
+    "tfflows-tf-jit-off-bf16": ["--backend", "tensorflow", "--jit", "off", "--dtype", "mixed_bfloat16"],
 }
-IMPLS = list(TFFLOWS) + ["tfp", "tfp-exit-identity", "normflows"]
+IMPLS = list(TFFLOWS) + ["tfp", "tfp-exit-identity", "normflows", "normflows-bf16"]
 LN2_D = 784 * math.log(2.0)
 
 
@@ -157,7 +162,7 @@ def setup_tfp(args, exit_kind):
                                             "tensorflow_probability": tfp.__version__}
 
 
-def setup_normflows(args):
+def setup_normflows(args, autocast=False):
     import numpy as np
     import torch
 
@@ -177,7 +182,8 @@ def setup_normflows(args):
 
     def step(x):
         opt.zero_grad(set_to_none=True)
-        loss = model.forward_kld(nchw(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model.forward_kld(nchw(x))
         loss.backward()
         opt.step()
         return loss.item()
@@ -199,7 +205,7 @@ def main(argv=None):
     elif args.impl.startswith("tfp"):
         fns = setup_tfp(args, "identity" if args.impl.endswith("identity") else "default")
     else:
-        fns = setup_normflows(args)
+        fns = setup_normflows(args, autocast=args.impl == "normflows-bf16")
     first_step, step, evaluate, n_params, versions = fns
     print(f"[{args.impl}] trainable parameters: {n_params}; training for {args.minutes} min",
           flush=True)

@@ -10,7 +10,10 @@ other, each in its own process:
   (trace/compile) step, with identical flags: tfflows on TensorFlow with
   `jit_compile` off and on and on JAX (`benchmarks/bench_tfflows_glow.py`),
   TFP `tfb.Glow` in a `TransformedDistribution` and normflows (the shared
-  scripts in `../shared/tools`, run unchanged).
+  scripts in `../shared/tools`, run unchanged); and, in bfloat16, tfflows
+  with bfloat16 coupling nets (`--dtype mixed_bfloat16`) and normflows under
+  `torch.autocast` (`benchmarks/bench_normflows_autocast.py`), with the
+  bfloat16 matmul peak measured too.
 
 Each prints one JSON line (params, first_step_s, train_img_s, bpd_end, nan,
 sample64_s, peak_rss_mb, ...); this driver adds the training FLOP rate and its
@@ -59,8 +62,8 @@ IMPLS = {
     "tfflows-tf-jit-off-bpd-eps": ("tf", BENCH_TFFLOWS, ["--backend", "tensorflow", "--jit", "off",
                                                          "--adam-eps-on", "bpd"]),
 }
-DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-on", "tfflows-jax",
-                 "tfp-glow", "tfp-glow-exit-identity", "normflows-glow"]
+DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-off-bf16", "tfflows-tf-jit-on", "tfflows-jax",
+                 "tfp-glow", "tfp-glow-exit-identity", "normflows-glow", "normflows-glow-bf16"]
 TFFLOWS_DEFAULT = "tfflows-tf-jit-off"  # the configuration the targets are checked on
 TFFLOWS_BF16 = "tfflows-tf-jit-off-bf16"  # bfloat16 coupling nets: targets reported for it too
 PEAK_FRAMEWORKS = [("numpy", "tf"), ("tensorflow", "tf"), ("jax", "tf"), ("torch", "torch")]
@@ -133,13 +136,44 @@ def machine_info():
         info["load_avg_at_start"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
+    busy = cpu_busy_fraction()
+    if busy is not None:
+        info["cpu_busy_at_start"] = busy
     return info
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals), idle
+
+
+def cpu_busy_fraction(seconds=2.0):
+    """Fraction of all cores busy over the next `seconds` (from /proc/stat), or
+    None where there is no /proc. Unlike the load average, which decays over
+    a minute and still shows a benchmark that has just exited, this is what
+    the CPU is doing now."""
+    try:
+        t0, i0 = _cpu_times()
+        time.sleep(seconds)
+        t1, i1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(1.0 - (i1 - i0) / max(t1 - t0, 1), 3)
 
 
 def warn_if_busy(info):
     """Timed runs need an idle machine; say so loudly when it is not."""
+    busy = info.get("cpu_busy_at_start")
     load = info.get("load_avg_at_start", [0.0])[0]
-    if load > 0.5:
+    if busy is not None:
+        print(f"# CPU busy {100 * busy:.1f} % over the 2 s before the start "
+              f"(1-minute load average {load}, which lags by about a minute)", flush=True)
+        if busy > 0.10:
+            print("# WARNING: the CPU is not idle, so these timings are contended "
+                  "(fine for a smoke test, not for the report).", flush=True)
+    elif load > 0.5:
         print(f"# WARNING: 1-minute load average {load} at start: the CPU is not idle, "
               f"so these timings are contended (fine for a smoke test, not for the report).",
               flush=True)
@@ -211,6 +245,19 @@ def main(argv=None):
     if peak:
         best = max(peaks, key=lambda k: peaks[k]["gflop_s"])
         print(f"# fp32 matmul peak: {peak} GFLOP/s ({best}, n={args.peak_n})", flush=True)
+    peaks_bf16 = {}
+    if not args.no_peak and any(n.endswith("-bf16") for n in args.impls):
+        for fw, interp in [("tensorflow", "tf"), ("torch", "torch")]:
+            if os.path.exists(pythons[interp]):
+                res, rc, _ = run_child([pythons[interp], "-m", "benchmarks.matmul_peak", "--framework", fw,
+                                        "--dtype", "bfloat16", "--n", str(args.peak_n),
+                                        "--threads", str(args.threads)], 600, args.nice)
+                if res:
+                    peaks_bf16[fw] = res
+    peak_bf16 = max((r["gflop_s"] for r in peaks_bf16.values()), default=None)
+    if peak_bf16:
+        best = max(peaks_bf16, key=lambda k: peaks_bf16[k]["gflop_s"])
+        print(f"# bf16 matmul peak: {peak_bf16} GFLOP/s ({best}, n={args.peak_n})", flush=True)
 
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup),
               "--batch", str(args.batch), "--lr", str(args.lr), "--hidden", str(args.hidden),
@@ -235,6 +282,8 @@ def main(argv=None):
             gflop_s = res["train_img_s"] * flops["train_flops_per_image"] / 1e9
             res["train_gflop_s"] = round(gflop_s, 1)
             res["frac_of_matmul_peak"] = round(gflop_s / peak, 3) if peak else None
+            if name.endswith("-bf16"):
+                res["frac_of_bf16_matmul_peak"] = round(gflop_s / peak_bf16, 3) if peak_bf16 else None
         results[name] = res
 
     rows, targets = ratios_and_targets(results)
@@ -253,7 +302,8 @@ def main(argv=None):
     info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     report = {"benchmark": "glow_mnist", "machine": info, "argv": sys.argv[1:],
               "args": {k: v for k, v in vars(args).items()}, "flops": flops,
-              "matmul_peak_gflop_s": peak, "matmul_peaks": peaks, "results": results,
+              "matmul_peak_gflop_s": peak, "matmul_peaks": peaks,
+              "bf16_matmul_peak_gflop_s": peak_bf16, "bf16_matmul_peaks": peaks_bf16, "results": results,
               "ratios": rows, "targets": targets, "failures": failures}
     path = os.path.join(args.out_dir, "glow_mnist.json")
     with open(path, "w") as f:

@@ -32,7 +32,8 @@ from benchmarks._common import RESULTS_DIR, add_model_args, default_data  # noqa
 from benchmarks.glow_mnist import TORCH_PYTHON, machine_info, run_child, warn_if_busy  # noqa: E402
 from benchmarks.ttb_worker import IMPLS  # noqa: E402
 
-DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-on", "tfflows-jax", "tfp", "normflows"]
+DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-off-bf16", "tfflows-tf-jit-on", "tfflows-jax", "tfp",
+                 "normflows", "normflows-bf16"]
 TFFLOWS_DEFAULT = "tfflows-tf-jit-off"
 
 

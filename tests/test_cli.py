@@ -59,6 +59,48 @@ def test_resume_reaches_the_same_step_count_as_an_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
 
 
+def test_sigterm_stops_after_the_batch_with_checkpoint_and_outputs_and_the_run_resumes(tmp_path, monkeypatch):
+    import signal
+
+    out = str(tmp_path / "run")
+    common = [*TINY, "--no-export", "--eval-minutes", "1000"]
+    before = signal.getsignal(signal.SIGTERM)
+    batch_end = training.TrainState.on_train_batch_end
+
+    def kill_at_third_batch(self, batch, logs=None):
+        if self.state["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` from outside
+        return batch_end(self, batch, logs)
+
+    monkeypatch.setattr(training.TrainState, "on_train_batch_end", kill_at_third_batch)
+    cli.main(["train", "--out", out, "--epochs", "3", *common])
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["step"] == 3  # stopped after the batch the signal arrived in, not killed
+    ckpt = training.latest_checkpoint(os.path.join(out, "checkpoints"))
+    assert json.load(open(os.path.join(ckpt, "state.json")))["step"] == 3
+    assert os.path.getsize(os.path.join(out, "model.weights.h5")) > 0
+    assert signal.getsignal(signal.SIGTERM) is before  # handler restored after training
+    monkeypatch.undo()
+    cli.main(["train", "--out", out, "--resume", out, "--epochs", "3", *common])
+    assert json.load(open(os.path.join(out, "metrics.json")))["step"] == 3 * (256 // 32)
+
+
+def test_train_with_bfloat16_nets_records_the_policy_and_restores_the_global_one(tmp_path):
+    import keras
+
+    out = str(tmp_path / "run")
+    metrics = cli.main(["train", "--out", out, "--epochs", "2", "--dtype", "mixed_bfloat16", "--no-export",
+                        *TINY]) or json.load(open(os.path.join(out, "metrics.json")))
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert json.load(open(os.path.join(out, "config.json")))["dtype"] == "mixed_bfloat16"
+    assert np.isfinite(metrics["test_bpd"]) and metrics["test_bpd"] < metrics["curve"][0]["test_bpd"]
+    assert keras.config.dtype_policy().name == "float32"  # the caller's policy is back
+    # The weights evaluate the same in float32 (same images, same noise draws).
+    res = cli.cmd_evaluate(cli.build_parser().parse_args(
+        ["evaluate", "--run", out, "--data", "mnist", "--limit", "64", "--draws", "2", "--json"]))
+    assert abs(res["bpd"] - metrics["test_bpd"]) < 0.02, (res["bpd"], metrics["test_bpd"])
+
+
 def test_checkpoint_is_atomic_a_crash_while_saving_keeps_the_previous_one(tmp_path, monkeypatch):
     import tfflows
 

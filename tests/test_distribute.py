@@ -419,6 +419,23 @@ def test_mixed_bfloat16_runs_the_nets_in_bfloat16_and_keeps_the_coupling_exactly
         distribute.set_dtype_policy("float32")
 
 
+def test_resolve_dtype_auto_follows_the_cpus_bfloat16_instructions(tmp_path):
+    bf16 = tmp_path / "cpuinfo_bf16"
+    bf16.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    plain = tmp_path / "cpuinfo_plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert distribute.cpu_bf16_flags(str(bf16)) == ["avx512_bf16"]
+    assert distribute.cpu_bf16_flags(str(plain)) == []
+    assert distribute.cpu_bf16_flags(str(tmp_path / "missing")) == []
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    name, why = distribute.resolve_dtype("auto", str(bf16))
+    assert name == ("float32" if gpu else "mixed_bfloat16") and why.startswith("auto")
+    assert distribute.resolve_dtype("auto", str(plain))[0] == "float32"
+    assert distribute.resolve_dtype("auto", str(tmp_path / "missing"))[0] == "float32"
+    assert distribute.resolve_dtype("float32", str(bf16)) == ("float32", "requested")
+    assert distribute.resolve_dtype("mixed_bfloat16", str(plain)) == ("mixed_bfloat16", "requested")
+
+
 def test_with_shard_policy_defaults_to_data():
     ds = distribute.with_shard_policy(tf.data.Dataset.range(4))
     assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA

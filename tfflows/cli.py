@@ -58,8 +58,10 @@ def build_parser():
     t.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
     t.add_argument("--jit", default="auto", choices=["auto", "on", "off"])
     t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"])
-    t.add_argument("--dtype", default="float32", choices=["float32", "mixed_bfloat16"],
-                   help="mixed_bfloat16: coupling nets in bfloat16; weights, log-dets and loss float32")
+    t.add_argument("--dtype", default="auto", choices=["auto", "float32", "mixed_bfloat16"],
+                   help="mixed_bfloat16: coupling nets in bfloat16; weights, log-dets and loss float32. "
+                        "auto (default): mixed_bfloat16 on the TF backend on a CPU with AVX512_BF16/AMX "
+                        "(1.2-1.7x faster there, benchmarks/README.md), else float32")
     t.add_argument("--no-export", action="store_true", help="skip writing the SavedModel")
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
 
@@ -166,6 +168,16 @@ def _learning_rate(args):
 # -- commands --------------------------------------------------------------------
 def cmd_train(args):
     import keras
+
+    policy = keras.config.dtype_policy()
+    try:
+        return _train(args)
+    finally:  # the dtype policy is global: leave it as the caller had it
+        keras.config.set_dtype_policy(policy)
+
+
+def _train(args):
+    import keras
     import numpy as np
 
     import tfflows
@@ -189,7 +201,9 @@ def cmd_train(args):
     strategy = distribute.get_strategy(args.strategy)  # before any other TF op (multi-worker)
     chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(args.seed)
-    distribute.set_dtype_policy(args.dtype)
+    dtype, why = distribute.resolve_dtype(args.dtype)
+    cfg["dtype"] = dtype
+    distribute.set_dtype_policy(dtype)
 
     # Data: arrays in memory (uint8) -> seeded tf.data pipelines.
     train_u8 = zdata.load_arrays(args.data, "train", limit=args.train_images) if not _is_tfds(args.data) else None
@@ -222,7 +236,7 @@ def cmd_train(args):
                       jit_compile=jit)
     scope.__exit__(None, None, None)
     _log(f"[tfflows] {cfg['model']} preset={cfg['preset']} params={model.count_params():,} "
-         f"backend={keras.backend.backend()} train images={n_train} batch={args.batch_size}")
+         f"backend={keras.backend.backend()} dtype={dtype} ({why}) train images={n_train} batch={args.batch_size}")
 
     step0 = int(state.get("step", 0))
     ds = zdata.load(train_u8 if train_u8 is not None else args.data, split="train",
@@ -266,6 +280,9 @@ def cmd_train(args):
         raise SystemExit(2)
     tracker.checkpoint()
     final = tracker.finish()
+    if tracker.stop_signal:
+        _log(f"[tfflows] stopped by {tracker.stop_signal} at step {final['step']}; continue with "
+             f"--resume {args.resume or out}")
     if not chief:  # multi-worker: only the chief writes the outputs
         return dict(step=final["step"])
 

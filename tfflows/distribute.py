@@ -122,6 +122,47 @@ def get_strategy(name="default", devices=None, tpu=None):
     return tf.distribute.TPUStrategy(resolver)
 
 
+def cpu_bf16_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's bfloat16 matmul instructions (`avx512_bf16`, `amx_bf16`) named
+    in `cpuinfo`'s flags; empty when there are none or the file is unreadable
+    (not Linux)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return []
+
+
+def resolve_dtype(name, cpuinfo="/proc/cpuinfo"):
+    """`"auto"` -> the dtype policy that trains fastest here; other names pass through.
+
+    `auto` is `"mixed_bfloat16"` on the TensorFlow backend when no GPU is
+    visible and the CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX):
+    oneDNN then runs the coupling nets' matmuls at about twice the float32
+    rate (`benchmarks/matmul_peak.py --dtype bfloat16`). Everywhere else it is
+    `"float32"` (a CPU without those instructions emulates bfloat16 and is
+    slower; on GPUs, choose mixed precision explicitly).
+
+    Returns:
+        `(policy name, reason)`.
+    """
+    if name != "auto":
+        return name, "requested"
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return "float32", f"auto: the {keras.backend.backend()} backend"
+    if tf.config.list_physical_devices("GPU"):
+        return "float32", "auto: a GPU is visible"
+    flags = cpu_bf16_flags(cpuinfo)
+    if flags:
+        return "mixed_bfloat16", f"auto: this CPU has {', '.join(f.upper() for f in flags)}"
+    return "float32", "auto: this CPU has no bfloat16 matmul instructions"
+
+
 def set_dtype_policy(name="float32"):
     """Sets Keras' global dtype policy; call it before building the model.
 
@@ -757,7 +798,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
 
 
 __all__ = [
-    "STRATEGIES", "DTYPE_POLICIES", "get_strategy", "set_dtype_policy", "is_chief",
+    "STRATEGIES", "DTYPE_POLICIES", "get_strategy", "set_dtype_policy", "resolve_dtype", "cpu_bf16_flags",
+    "is_chief",
     "model_strategy", "is_default_strategy", "uses_custom_loop", "with_shard_policy", "distribute_dataset",
     "broadcast_variables", "initialize", "train", "fit",
 ]

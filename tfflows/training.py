@@ -7,6 +7,11 @@ minutes, seed, curve). It is written completely first; only then does the
 `LATEST` file (replaced atomically with `os.replace`) point at it, so a crash
 while saving leaves the previous checkpoint as the latest. The two newest
 checkpoints are kept.
+
+`TrainState` also turns SIGTERM and SIGINT (`kill PID`, Ctrl-C) into a clean
+stop: training ends after the running batch and `tfflows train` writes its
+checkpoint and outputs as at the end of its budget, so stopping a long run for
+something else costs nothing.
 """
 
 import contextlib
@@ -14,6 +19,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 
 import keras
@@ -114,6 +121,12 @@ class TrainState(keras.callbacks.Callback):
         eval_fn: `model -> test bits/dim` for the learning curve, or None.
         eval_minutes: evaluation period (in training minutes).
         log: print function.
+
+    While training runs, SIGTERM and SIGINT set `stop_signal` (the signal's
+    name) and stop after the current batch instead of killing the process;
+    the previous handlers come back at the end of training. A second signal
+    of the same kind while stopping runs the previous handler (a second
+    Ctrl-C interrupts at once).
     """
 
     def __init__(self, directory, state, minutes=None, every_minutes=5.0, eval_fn=None,
@@ -129,6 +142,8 @@ class TrainState(keras.callbacks.Callback):
         self.log = log
         self.budget_hit = False
         self.max_steps = None
+        self.stop_signal = None
+        self._old_handlers = {}
 
     def _elapsed(self):
         return self.state["minutes"] + (time.time() - self._t0) / 60.0
@@ -136,8 +151,40 @@ class TrainState(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._t0 = time.time()
         self._last_ckpt = self._last_eval = time.time()
+        self._install_signal_handlers()
         if self.eval_fn is not None and not self.state["curve"]:
             self._evaluate()
+
+    def on_train_end(self, logs=None):
+        self._restore_signal_handlers()
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self):
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers = {}
+
+    def _on_signal(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.stop_signal == name:  # asked twice: do what the signal did before
+            old = self._old_handlers.get(signum)
+            self._restore_signal_handlers()
+            if callable(old):
+                old(signum, frame)
+            else:
+                raise KeyboardInterrupt(name)
+            return
+        self.stop_signal = name
+        self.log(f"[tfflows] {name}: stopping after this batch; the checkpoint and outputs "
+                 f"are written as at the end of the budget")
+        if self.model is not None:
+            self.model.stop_training = True
 
     def _evaluate(self):
         t = time.time()
@@ -157,6 +204,8 @@ class TrainState(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.state["step"] += 1
         now = time.time()
+        if self.stop_signal is not None:
+            self.model.stop_training = True
         if self.max_steps is not None and self.state["step"] >= self.max_steps:
             self.model.stop_training = True
         if self.minutes is not None and (now - self._t0) / 60.0 >= self.minutes:

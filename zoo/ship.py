@@ -102,7 +102,8 @@ def main():
     stage = dict(command=args.command, steps=int(metrics["step"]), minutes=round(metrics["train_minutes"], 1),
                  cpu_hours=round(args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
                  recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
-                             decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema")),
+                             decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"),
+                             dtype=cfg.get("dtype", "float32")),
                  date=datetime.date.today().isoformat())
     stages = [stage]
     if args.continues:
@@ -133,6 +134,7 @@ def main():
         stages=stages,
         recipe=dict(batch_size=cfg["batch_size"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"],
                     decay=cfg["decay"], clipnorm=cfg["clipnorm"], ema=cfg.get("ema"), optimizer="Adam", jit=cfg["jit"],
+                    dtype=cfg.get("dtype", "float32"),
                     backend=cfg["backend"], dequantization="uniform, 8-bit"),
         command=" && ".join(st["command"] for st in stages),
         date=datetime.date.today().isoformat(),
@@ -186,7 +188,7 @@ def write_card(card_dir, args, e, curve, model):
 | **test bits/dim** | **{e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f}** (standard error over 10,000 images; mean of {e['test_draws']} noise draws: {e['test_bpd_per_draw']}) |
 | bits/dim on the 500 test images shipped in the package | {e['embedded_test500_bpd']:.4f} (`tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data mnist --limit 500`; checked by `tests/test_pretrained.py`) |
 | training | {e['train_steps']:,} steps of batch {e['recipe']['batch_size']}, {e['train_minutes']:.1f} minutes ({e['cpu_hours']} CPU-hours) |
-| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min on {st['cores']} core(s), lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") for i, st in enumerate(e['stages']))} |
+| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min on {st['cores']} core(s), {st['recipe'].get('dtype', 'float32')}, lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") for i, st in enumerate(e['stages']))} |
 | recipe (last stage) | Adam lr {e['recipe']['lr']}, linear warm-up {e['recipe']['warmup_steps']} steps, decay {e['recipe']['decay']}, global-norm clip {e['recipe']['clipnorm']}, {f"weights = EMA of the training weights (momentum {e['recipe']['ema']})" if e['recipe'].get('ema') else "no weight averaging"}, backend {e['recipe']['backend']}, jit {e['recipe']['jit']} |
 | hardware | {e['hardware']} |
 | date | {e['date']} |

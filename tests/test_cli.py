@@ -35,6 +35,23 @@ def test_main_job_writes_samples_weights_metrics_and_savedmodel(tmp_path):
     assert os.path.exists(os.path.join(out, "savedmodel", "1", "saved_model.pb"))
 
 
+def test_bfloat16_training_exports_a_float32_savedmodel(tmp_path):
+    import tensorflow as tf
+
+    out = str(tmp_path / "run")
+    cli.main(["train", "--out", out, "--epochs", "1", "--dtype", "mixed_bfloat16", *TINY])
+    loaded = tf.saved_model.load(os.path.join(out, "savedmodel", "1"))
+    graph = loaded.signatures["log_prob_float"].graph.as_graph_def()
+    dtypes = {a.type for n in graph.node for a in n.attr.values() if a.HasField("type")}
+    for f in graph.library.function:
+        dtypes |= {a.type for n in f.node_def for a in n.attr.values() if a.HasField("type")}
+    assert tf.bfloat16.as_datatype_enum not in dtypes  # served in float32
+    model, _ = cli.load_model_from_args(cli.build_parser().parse_args(["evaluate", "--run", out]))
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    got = loaded.signatures["log_prob_float"](images=tf.constant(x))["log_prob"].numpy()
+    np.testing.assert_allclose(got, np.asarray(model.log_prob(x)), rtol=1e-5)
+
+
 def test_resume_reaches_the_same_step_count_as_an_uninterrupted_run(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     common = [*TINY, "--no-export", "--eval-minutes", "1000"]

@@ -300,7 +300,14 @@ def _train(args):
     if not args.no_export:
         from tfflows import export
 
-        path = export.save(model, os.path.join(out, "savedmodel"))
+        export_model = model
+        if dtype != "float32":
+            # Serve in float32: a SavedModel with bfloat16 nets would run slowly
+            # (emulated) on CPUs without bfloat16 instructions.
+            keras.config.set_dtype_policy("float32")
+            export_model = build_model(cfg["model"], cfg["preset"], cfg["overrides"])
+            export_model.load_weights(os.path.join(out, "model.weights.h5"))
+        path = export.save(export_model, os.path.join(out, "savedmodel"))
         metrics["savedmodel"] = str(path)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)

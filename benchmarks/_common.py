@@ -7,6 +7,7 @@ loop of `time_to_bpd`. The PyTorch workers import this module too, so it must
 not import TensorFlow, JAX or Keras.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -23,6 +24,15 @@ RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 
 # The seed of the fixed evaluation noise; the shared baseline scripts use it too.
 EVAL_NOISE_SEED = 12345
+
+
+def load_shared_script(filename):
+    """Imports one of the shared baseline scripts (`SHARED_TOOLS/filename`) as a module."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(filename)[0],
+                                                  os.path.join(SHARED_TOOLS, filename))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def add_model_args(p):

@@ -10,28 +10,19 @@ inputs' dtype. It covers the whole script, so the evaluation (`bpd_end`) and
 sampling run under it as well. It is the baseline for tfflows'
 `--dtype mixed_bfloat16` row, so that the bf16 ratio is taken against bf16.
 """
-import importlib.util
 import os
 import sys
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import SHARED_TOOLS  # noqa: E402
-
-
-def load_shared_script():
-    path = os.path.join(SHARED_TOOLS, "bench_normflows_glow.py")
-    spec = importlib.util.spec_from_file_location("bench_normflows_glow", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmarks._common import load_shared_script  # noqa: E402
 
 
 def main():
     import torch
 
-    mod = load_shared_script()
+    mod = load_shared_script("bench_normflows_glow.py")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mod.main()
 

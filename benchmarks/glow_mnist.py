@@ -67,6 +67,7 @@ DEFAULT_IMPLS = ["tfflows-tf-jit-off", "tfflows-tf-jit-off-bf16", "tfflows-tf-ji
 TFFLOWS_DEFAULT = "tfflows-tf-jit-off"  # the configuration the targets are checked on
 TFFLOWS_BF16 = "tfflows-tf-jit-off-bf16"  # bfloat16 coupling nets: targets reported for it too
 PEAK_FRAMEWORKS = [("numpy", "tf"), ("tensorflow", "tf"), ("jax", "tf"), ("torch", "torch")]
+BF16_PEAK_FRAMEWORKS = [("tensorflow", "tf"), ("torch", "torch")]  # matmul_peak's --dtype bfloat16
 
 
 def parse_args(argv=None):
@@ -218,6 +219,28 @@ def ratios_and_targets(results):
     return rows, targets
 
 
+def measure_peaks(args, pythons, frameworks, dtype):
+    """`benchmarks.matmul_peak` in each of `frameworks` ((name, interpreter key)
+    pairs) that has an interpreter; returns `({framework: result}, best
+    GFLOP/s or None)` and prints the best."""
+    peaks = {}
+    for fw, interp in frameworks:
+        if not os.path.exists(pythons[interp]):
+            print(f"# matmul peak: skipping {fw} ({pythons[interp]} not found)")
+            continue
+        res, rc, _ = run_child([pythons[interp], "-m", "benchmarks.matmul_peak", "--framework", fw,
+                                "--dtype", dtype, "--n", str(args.peak_n),
+                                "--threads", str(args.threads)], 600, args.nice)
+        if res:
+            peaks[fw] = res
+    peak = max((r["gflop_s"] for r in peaks.values()), default=None)
+    if peak:
+        best = max(peaks, key=lambda k: peaks[k]["gflop_s"])
+        label = "fp32" if dtype == "float32" else "bf16"
+        print(f"# {label} matmul peak: {peak} GFLOP/s ({best}, n={args.peak_n})", flush=True)
+    return peaks, peak
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -230,34 +253,9 @@ def main(argv=None):
     print(f"# model FLOPs/image: forward {flops['forward_flops_per_image'] / 1e9:.3f} G, "
           f"train step {flops['train_flops_per_image'] / 1e9:.3f} G (analytic)", flush=True)
 
-    peaks = {}
-    if not args.no_peak:
-        for fw, interp in PEAK_FRAMEWORKS:
-            if not os.path.exists(pythons[interp]):
-                print(f"# matmul peak: skipping {fw} ({pythons[interp]} not found)")
-                continue
-            res, rc, _ = run_child([pythons[interp], "-m", "benchmarks.matmul_peak",
-                                    "--framework", fw, "--n", str(args.peak_n),
-                                    "--threads", str(args.threads)], 600, args.nice)
-            if res:
-                peaks[fw] = res
-    peak = max((r["gflop_s"] for r in peaks.values()), default=None)
-    if peak:
-        best = max(peaks, key=lambda k: peaks[k]["gflop_s"])
-        print(f"# fp32 matmul peak: {peak} GFLOP/s ({best}, n={args.peak_n})", flush=True)
-    peaks_bf16 = {}
-    if not args.no_peak and any(n.endswith("-bf16") for n in args.impls):
-        for fw, interp in [("tensorflow", "tf"), ("torch", "torch")]:
-            if os.path.exists(pythons[interp]):
-                res, rc, _ = run_child([pythons[interp], "-m", "benchmarks.matmul_peak", "--framework", fw,
-                                        "--dtype", "bfloat16", "--n", str(args.peak_n),
-                                        "--threads", str(args.threads)], 600, args.nice)
-                if res:
-                    peaks_bf16[fw] = res
-    peak_bf16 = max((r["gflop_s"] for r in peaks_bf16.values()), default=None)
-    if peak_bf16:
-        best = max(peaks_bf16, key=lambda k: peaks_bf16[k]["gflop_s"])
-        print(f"# bf16 matmul peak: {peak_bf16} GFLOP/s ({best}, n={args.peak_n})", flush=True)
+    peaks, peak = ({}, None) if args.no_peak else measure_peaks(args, pythons, PEAK_FRAMEWORKS, "float32")
+    want_bf16 = not args.no_peak and any(n.endswith("-bf16") for n in args.impls)
+    peaks_bf16, peak_bf16 = measure_peaks(args, pythons, BF16_PEAK_FRAMEWORKS, "bfloat16") if want_bf16 else ({}, None)
 
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup),
               "--batch", str(args.batch), "--lr", str(args.lr), "--hidden", str(args.hidden),

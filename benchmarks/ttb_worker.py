@@ -26,7 +26,6 @@ Models and optimizers are set up as in the shared baseline scripts:
   the configurations are the `TFFLOWS` table below.
 """
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -34,8 +33,8 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import (SHARED_TOOLS, add_model_args, default_data, emit, eval_set, load_mnist,  # noqa: E402
-                                run_time_budget)
+from benchmarks._common import (add_model_args, default_data, emit, eval_set, load_mnist,  # noqa: E402
+                                load_shared_script, run_time_budget)
 
 # tfflows configurations: name -> flags of bench_tfflows_glow.py
 TFFLOWS = {
@@ -166,10 +165,7 @@ def setup_normflows(args, autocast=False):
     import numpy as np
     import torch
 
-    spec = importlib.util.spec_from_file_location(
-        "bench_normflows_glow", os.path.join(SHARED_TOOLS, "bench_normflows_glow.py"))
-    shared = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shared)
+    shared = load_shared_script("bench_normflows_glow.py")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = shared.build_glow(args.levels, args.depth, args.hidden, False)

@@ -99,11 +99,11 @@ def main():
     manifest = builders.read_manifest()
     card_dir = os.path.join(ROOT, "zoo", args.key)
     curve = list(metrics["curve"])
+    dtype = cfg.get("dtype", "float32")  # runs from before --dtype were float32
     stage = dict(command=args.command, steps=int(metrics["step"]), minutes=round(metrics["train_minutes"], 1),
                  cpu_hours=round(args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
                  recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
-                             decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"),
-                             dtype=cfg.get("dtype", "float32")),
+                             decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype),
                  date=datetime.date.today().isoformat())
     stages = [stage]
     if args.continues:
@@ -134,7 +134,7 @@ def main():
         stages=stages,
         recipe=dict(batch_size=cfg["batch_size"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"],
                     decay=cfg["decay"], clipnorm=cfg["clipnorm"], ema=cfg.get("ema"), optimizer="Adam", jit=cfg["jit"],
-                    dtype=cfg.get("dtype", "float32"),
+                    dtype=dtype,
                     backend=cfg["backend"], dequantization="uniform, 8-bit"),
         command=" && ".join(st["command"] for st in stages),
         date=datetime.date.today().isoformat(),

@@ -68,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float32", "mixed_bfloat16"], default="float32",
                    help="Keras dtype policy: mixed_bfloat16 runs the coupling nets' matmuls in "
                         "bfloat16 (float32 weights, flow arithmetic, log-dets and loss)")
+    p.add_argument("--preprocess", choices=["center", "logit"], default="center",
+                   help="tfflows.zoo.glow's preprocess: Glow's x - 0.5 (the benchmark "
+                        "architecture) or RealNVP's logit (an experiment, not the benchmark)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count(),
                    help="TF intra-op threads / XLA CPU threads")
@@ -117,7 +120,8 @@ def build_model(args):
     keras.config.set_dtype_policy(getattr(args, "dtype", "float32"))
     model = tfflows.zoo.glow(preset="mnist", levels=args.levels, steps=args.depth,
                              hidden=args.hidden, lu=True,
-                             learned_prior=args.prior == "learned")
+                             learned_prior=args.prior == "learned",
+                             preprocess=getattr(args, "preprocess", "center"))
     if getattr(args, "adam_eps_on", "nll") == "nll":  # tfflows' own default optimizer
         opt = tfflows.default_optimizer(args.lr, clipnorm=None, dims=model.dims)
     else:

@@ -76,7 +76,8 @@ def setup_tfflows(args, impl):
     targs = btg.parse_args(TFFLOWS[impl] + ["--lr", str(args.lr),
                                             "--hidden", str(args.hidden), "--levels", str(args.levels),
                                             "--depth", str(args.depth), "--seed", str(args.seed),
-                                            "--threads", str(args.threads)])
+                                            "--threads", str(args.threads),
+                                            "--preprocess", getattr(args, "preprocess", "center")])
     backend = targs.backend
     btg.set_backend(targs)
     import keras

@@ -160,6 +160,21 @@ def test_export_command_writes_a_new_version_each_time(tmp_path, capsys):
     assert "serving_default(images: uint8[None, 28, 28, 1])" in capsys.readouterr().out
 
 
+def test_glow_logit_preprocess_is_recorded_and_rebuilt_from_the_run(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    cli.main(["train", "--out", out, "--epochs", "1", *TINY, "--no-export", "--preprocess", "logit"])
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["overrides"]["preprocess"] == "logit"
+    model, _ = cli.load_model_from_args(cli.build_parser().parse_args(["evaluate", "--run", out]))
+    assert type(model.flow.flow_layers[0]).__name__ == "LogitTransform"
+    capsys.readouterr()
+    cli.main(["evaluate", "--run", out, "--limit", "20", "--json"])
+    assert np.isfinite(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bpd"])
+    with pytest.raises(SystemExit, match=r"--preprocess applies to --model glow, not realnvp"):
+        cli.main(["train", "--model", "realnvp", "--out", str(tmp_path / "r"), *TINY,
+                  "--preprocess", "logit"])
+
+
 def test_resume_without_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(SystemExit, match=r"no checkpoint in"):
         cli.main(["train", "--out", str(tmp_path), "--resume", str(tmp_path), *TINY])

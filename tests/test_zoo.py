@@ -39,6 +39,33 @@ def test_cifar10_presets_build_on_32x32x3():
         assert to_np(model.log_prob(x)).shape == (2,)
 
 
+def test_glow_logit_preprocess_is_a_bijection_counted_in_log_prob():
+    center = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, preprocess="center")
+    logit = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, preprocess="logit", alpha=0.1)
+    assert type(center.flow.flow_layers[0]).__name__ == "Rescale"
+    first = logit.flow.flow_layers[0]
+    assert type(first).__name__ == "LogitTransform" and first.alpha == 0.1
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    logit.initialize(x)
+    np.testing.assert_allclose(to_np(logit.decode(logit.encode(x))), x, atol=1e-4)
+    # Same weights, other preprocessing: a different density, both finite.
+    center.initialize(x)
+    center.set_weights(logit.get_weights())
+    lp_c, lp_l = to_np(center.log_prob(x)), to_np(logit.log_prob(x))
+    assert np.all(np.isfinite(lp_c)) and np.all(np.isfinite(lp_l))
+    assert np.max(np.abs(lp_c - lp_l)) > 1.0
+
+
+def test_shipped_glow_refuses_another_preprocess():
+    entry = builders.read_manifest().get("glow-mnist")
+    if entry is None:
+        pytest.skip("no shipped glow-mnist")
+    shipped = entry["architecture"]["preprocess"]
+    other = {"center": "logit", "logit": "center"}[shipped]
+    with pytest.raises(builders.WeightsError, match=rf"preprocess.*shipped {shipped}, asked {other}"):
+        tfflows.zoo.glow(preset="mnist", preprocess=other, pretrained=True)
+
+
 def test_bad_builder_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"Unknown glow preset 'imagenet'"):
         tfflows.zoo.glow(preset="imagenet")
@@ -46,6 +73,10 @@ def test_bad_builder_arguments_raise_clear_errors():
         tfflows.zoo.glow(width=3)
     with pytest.raises(ValueError, match=r"glow with levels=3 needs height and width divisible by 8, got 28x28"):
         tfflows.zoo.glow(preset="mnist", levels=3)
+    with pytest.raises(ValueError, match=r"glow preprocess must be one of \('center', 'logit'\)"):
+        tfflows.zoo.glow(preset="mnist-tiny", preprocess="tanh")
+    with pytest.raises(ValueError, match=r"alpha=0.1 needs preprocess='logit'"):
+        tfflows.zoo.glow(preset="mnist-tiny", preprocess="center", alpha=0.1)
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ def _common_model_args(p):
     p.add_argument("--levels", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="glow K per level / realnvp couplings per block")
     p.add_argument("--hidden", type=int, default=None, help="coupling net width")
+    p.add_argument("--preprocess", default=None, choices=["center", "logit"],
+                   help="glow only: x - 0.5 (Glow's) or RealNVP's logit transform (default: the preset's)")
     p.add_argument("--run", default=None, help="a `tfflows train` output folder (reads config.json, model.weights.h5)")
     p.add_argument("--weights", default=None, help="a .weights.h5 file for --model/--preset")
     p.add_argument("--pretrained", action="store_true", help="use the shipped weights (sha256-checked)")
@@ -97,10 +99,14 @@ def _log(msg):
 
 
 def _overrides(args):
-    return {k: getattr(args, k) for k in ("levels", "steps", "hidden") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("levels", "steps", "hidden", "preprocess")
+            if getattr(args, k, None) is not None}
 
 
 def _builder_kwargs(model_name, overrides):
+    if "preprocess" in overrides and model_name != "glow":
+        raise SystemExit(f"tfflows: --preprocess applies to --model glow, not {model_name} "
+                         f"(realnvp always uses the logit transform, nice none).")
     if model_name == "nice":  # NICE's knobs have other names
         mapped = {}
         if "steps" in overrides:

@@ -64,6 +64,9 @@ def test_shipped_glow_refuses_another_preprocess():
     other = {"center": "logit", "logit": "center"}[shipped]
     with pytest.raises(builders.WeightsError, match=rf"preprocess.*shipped {shipped}, asked {other}"):
         tfflows.zoo.glow(preset="mnist", preprocess=other, pretrained=True)
+    if shipped == "logit" and "alpha" not in entry["architecture"]:
+        with pytest.raises(builders.WeightsError, match=r"alpha.*shipped default, asked 0.1"):
+            tfflows.zoo.glow(preset="mnist", alpha=0.1, pretrained=True)
 
 
 def test_bad_builder_arguments_raise_clear_errors():
@@ -88,7 +91,8 @@ def fake_shipped(tmp_path, monkeypatch):
     path = tmp_path / "glow-mnist-tiny.weights.h5"
     model.save_weights(str(path))
     manifest = {"glow-mnist-tiny": {"file": path.name, "sha256": builders.sha256_file(str(path)),
-                                    "architecture": {"steps": 1, "hidden": 8}}}
+                                    "architecture": dict(builders.PRESETS["glow"]["mnist-tiny"],
+                                                         data_shape=[28, 28, 1], steps=1, hidden=8)}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setattr(builders, "MANIFEST", str(tmp_path / "manifest.json"))

@@ -71,6 +71,8 @@ def main():
     p.add_argument("--command", required=True, help="the command that trained the run")
     p.add_argument("--note", default="")
     p.add_argument("--cores", type=int, default=2, help="CPU cores the run had (for CPU-hours)")
+    p.add_argument("--cpu-hours", type=float, default=None,
+                   help="core-hours of this run when --cores changed during it (default: cores x minutes)")
     p.add_argument("--hardware-note", default="shared with other jobs while training",
                    help="how the machine was shared during the run (goes into the manifest)")
     p.add_argument("--continues", action="store_true",
@@ -101,7 +103,8 @@ def main():
     curve = list(metrics["curve"])
     dtype = cfg.get("dtype", "float32")  # runs from before --dtype were float32
     stage = dict(command=args.command, steps=int(metrics["step"]), minutes=round(metrics["train_minutes"], 1),
-                 cpu_hours=round(args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
+                 cpu_hours=round(args.cpu_hours if args.cpu_hours is not None
+                                 else args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
                  recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
                              decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype),
                  date=datetime.date.today().isoformat())

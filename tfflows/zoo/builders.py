@@ -242,8 +242,11 @@ def load_pretrained(model, key, config=None, weights_dir=None):
     path = verified_weights_path(key, weights_dir)
     arch = entry.get("architecture")
     if arch and config:
-        mismatch = {k: (arch[k], config.get(k)) for k in arch
-                    if k in config and list(_as_list(arch[k])) != list(_as_list(config[k]))}
+        # A key on one side only (e.g. glow's optional `alpha`) means that
+        # side used the builder's default: a mismatch when the other set it.
+        keys = (set(arch) | set(config)) - {"n_bits"}
+        mismatch = {k: (arch.get(k, "default"), config.get(k, "default")) for k in sorted(keys)
+                    if list(_as_list(arch.get(k, "default"))) != list(_as_list(config.get(k, "default")))}
         if mismatch:
             raise WeightsError(
                 f"Pretrained {key!r} weights were trained with a different architecture: "

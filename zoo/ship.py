@@ -191,7 +191,7 @@ def write_card(card_dir, args, e, curve, model):
 | **test bits/dim** | **{e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f}** (standard error over 10,000 images; mean of {e['test_draws']} noise draws: {e['test_bpd_per_draw']}) |
 | bits/dim on the 500 test images shipped in the package | {e['embedded_test500_bpd']:.4f} (`tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data mnist --limit 500`; checked by `tests/test_pretrained.py`) |
 | training | {e['train_steps']:,} steps of batch {e['recipe']['batch_size']}, {e['train_minutes']:.1f} minutes ({e['cpu_hours']} CPU-hours) |
-| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min on {st['cores']} core(s), {st['recipe'].get('dtype', 'float32')}, lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") for i, st in enumerate(e['stages']))} |
+| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min ({st['cpu_hours']} CPU-hours), {st['recipe'].get('dtype', 'float32')}, lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") for i, st in enumerate(e['stages']))} |
 | recipe (last stage) | Adam lr {e['recipe']['lr']}, linear warm-up {e['recipe']['warmup_steps']} steps, decay {e['recipe']['decay']}, global-norm clip {e['recipe']['clipnorm']}, {f"weights = EMA of the training weights (momentum {e['recipe']['ema']})" if e['recipe'].get('ema') else "no weight averaging"}, backend {e['recipe']['backend']}, jit {e['recipe']['jit']} |
 | hardware | {e['hardware']} |
 | date | {e['date']} |
@@ -228,6 +228,7 @@ run, so each minute here bought less than a minute on an idle machine.
 Rows: temperature 0.5, 0.7, 1.0 (`tfflows sample --pretrained --model {e['model']} --preset {e['preset']}`).
 
 ![samples](samples.png)
+
 {args.note}
 """
     with open(os.path.join(card_dir, "README.md"), "w") as f:

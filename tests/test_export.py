@@ -17,7 +17,6 @@ Models are tiny (8x8x1 images, one step per level, width 8) so the file runs
 in well under a minute on two cores.
 """
 
-import argparse
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import pytest
 import tensorflow as tf
 
 import tfflows
-from tfflows import export, serving
+from tfflows import cli, export, serving
 
 LOG_PROB_RTOL = 1e-5  # exported vs in-Python log_prob (the issue's bound)
 IMAGE_ATOL = 1e-5  # exported vs in-Python decode/sample (float32, clipped to [0, 1])
@@ -579,9 +578,7 @@ def test_uint8_images_keep_the_models_top_bits(tmp_path):
 
 # -- the CLI hooks ---------------------------------------------------------------------------
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="tfflows export")
-    export.add_cli_arguments(parser)
-    return export.run_cli(parser.parse_args(argv))
+    return cli.main(["export", *argv])
 
 
 def test_cli_exports_weights_and_keras_files(tmp_path, capsys):
@@ -605,8 +602,11 @@ def test_cli_exports_weights_and_keras_files(tmp_path, capsys):
     got = tf.saved_model.load(os.path.join(out, "4")).signatures["log_prob_float"](images=tf.constant(x))
     np.testing.assert_allclose(got["log_prob"], want, rtol=LOG_PROB_RTOL)
 
-    assert _cli(["--weights", weights, "--out", out]) == 2  # no --model
-    assert "needs --model" in capsys.readouterr().err
+    # Without the training architecture (--model glow --preset mnist by default) the file does not fit.
+    assert _cli(["--weights", weights, "--out", out]) == 2
+    assert f"{weights} does not fit --model glow --preset mnist" in capsys.readouterr().err
+    assert _cli(["--weights", weights, "--keras", keras_file, "--out", out]) == 2
+    assert "give one of --run, --weights, --pretrained, --keras" in capsys.readouterr().err
     assert _cli(["--weights", weights, "--model", builder, *arch, "--out", out, "--version", "3"]) == 2
     assert "already exists" in capsys.readouterr().err
 

@@ -21,6 +21,8 @@ def _common_model_args(p):
     p.add_argument("--hidden", type=int, default=None, help="coupling net width")
     p.add_argument("--preprocess", default=None, choices=["center", "logit"],
                    help="glow only: x - 0.5 (Glow's) or RealNVP's logit transform (default: the preset's)")
+    p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other builder keyword, e.g. --arch lu=False --arch 'data_shape=(8,8,1)'; repeatable")
     p.add_argument("--run", default=None, help="a `tfflows train` output folder (reads config.json, model.weights.h5)")
     p.add_argument("--weights", default=None, help="a .weights.h5 file for --model/--preset")
     p.add_argument("--pretrained", action="store_true", help="use the shipped weights (sha256-checked)")
@@ -85,6 +87,8 @@ def build_parser():
 
     x = sub.add_parser("export", help="write a SavedModel for TF Serving")
     _common_model_args(x)
+    x.add_argument("--keras", default=None, metavar="PATH",
+                   help="a whole saved model (.keras, loaded in Keras' safe mode) instead of --run/--weights")
     x.add_argument("--out", required=True, help="SavedModel base folder (a version folder goes inside)")
     x.add_argument("--version", type=int, default=None, help="version folder (default: next free)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
@@ -98,9 +102,28 @@ def _log(msg):
     print(msg, flush=True)
 
 
+def parse_arch(items):
+    """`["hidden=8", "data_shape=(8,8,1)"]` -> `{"hidden": 8, "data_shape": (8, 8, 1)}`
+    (Python literals; anything else stays a string)."""
+    import ast
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--arch takes KEY=VALUE. Received: --arch {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
 def _overrides(args):
-    return {k: getattr(args, k) for k in ("levels", "steps", "hidden", "preprocess")
-            if getattr(args, k, None) is not None}
+    out = parse_arch(getattr(args, "arch", None))
+    out.update({k: getattr(args, k) for k in ("levels", "steps", "hidden", "preprocess")
+                if getattr(args, k, None) is not None})
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
 def _builder_kwargs(model_name, overrides):
@@ -123,21 +146,46 @@ def build_model(model_name, preset, overrides, pretrained=False):
     return BUILDERS[model_name](preset=preset, pretrained=pretrained, **_builder_kwargs(model_name, overrides))
 
 
+def _load_weights(model, path, what):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path} not found")
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path} does not fit {what}: {err}") from err
+
+
 def load_model_from_args(args):
-    """The model named by --run, or --model/--preset with --weights/--pretrained."""
+    """The model named by --run, --keras, or --model/--preset with --weights/--pretrained."""
+    sources = [name for name, given in (("--run", args.run), ("--weights", args.weights),
+                                        ("--pretrained", args.pretrained),
+                                        ("--keras", getattr(args, "keras", None))) if given]
+    if len(sources) > 1:
+        raise ValueError(f"give one of --run, --weights, --pretrained, --keras; got {' and '.join(sources)}.")
+    if getattr(args, "keras", None):
+        import keras
+
+        import tfflows  # noqa: F401  (registers the tfflows classes)
+
+        if not os.path.exists(args.keras):
+            raise FileNotFoundError(f"model file {args.keras} not found")
+        model = keras.saving.load_model(args.keras, compile=False, safe_mode=True)
+        return model, dict(model=type(model).__name__, preset=None, overrides={})
     if args.run:
         with open(os.path.join(args.run, "config.json")) as f:
             cfg = json.load(f)
         model = build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
-        model.load_weights(os.path.join(args.run, "model.weights.h5"))
+        _load_weights(model, os.path.join(args.run, "model.weights.h5"), f"the run's {cfg['model']}")
         return model, cfg
     preset = args.preset or "mnist"
     cfg = dict(model=args.model, preset=preset, overrides=_overrides(args))
     model = build_model(args.model, preset, cfg["overrides"], pretrained=args.pretrained)
     if args.weights:
-        model.load_weights(args.weights)
+        _load_weights(model, args.weights, f"--model {args.model} --preset {preset} with overrides "
+                                           f"{cfg['overrides'] or 'none'} (pass the training architecture)")
     elif not args.pretrained:
-        raise SystemExit("tfflows: give --run DIR, --weights FILE or --pretrained.")
+        raise SystemExit("tfflows: give --run DIR, --weights FILE, --pretrained"
+                         + (" or --keras FILE." if hasattr(args, "keras") else "."))
     return model, cfg
 
 
@@ -353,9 +401,14 @@ def cmd_sample(args):
 def cmd_export(args):
     from tfflows import export
 
-    model, _ = load_model_from_args(args)
-    path = export.save(model, args.out, version=args.version, overwrite=args.overwrite)
-    _log(f"wrote SavedModel {path}")
+    try:
+        model, _ = load_model_from_args(args)
+        start = time.time()
+        path = export.save(model, args.out, version=args.version, overwrite=args.overwrite)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, OSError) as err:
+        print(f"tfflows export: error: {err}", file=sys.stderr)
+        return 2
+    _log(f"wrote SavedModel {path} ({model.name}, {time.time() - start:.1f} s)")
     for name, spec in export.signature_specs(model).items():
         ins = ", ".join(f"{k}: {d}{list(s)}" for k, (d, s) in spec["inputs"].items())
         outs = ", ".join(f"{k}: {d}{list(s)}" for k, (d, s) in spec["outputs"].items())
@@ -382,8 +435,8 @@ def main(argv=None):
         os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     commands = dict(train=cmd_train, evaluate=cmd_evaluate, sample=cmd_sample, export=cmd_export, list=cmd_list)
-    commands[args.command](args)
-    return 0
+    rc = commands[args.command](args)
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

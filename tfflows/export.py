@@ -51,7 +51,6 @@ import math
 import os
 import shutil
 import tempfile
-import time
 
 import keras
 import numpy as np
@@ -320,80 +319,3 @@ def save(model, base_path, version=None, overwrite=False):
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-# -- CLI -------------------------------------------------------------------------------
-def add_cli_arguments(parser):
-    """Adds the `tfflows export` options to an `argparse` (sub)parser."""
-    from tfflows.zoo.builders import BUILDERS
-
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", metavar="PATH",
-                        help="a .weights.h5 file; the model is rebuilt from --model/--preset")
-    source.add_argument("--keras", metavar="PATH", help="a whole saved model (.keras)")
-    parser.add_argument("--model", choices=sorted(BUILDERS), help="architecture (with --weights)")
-    parser.add_argument("--preset", default=None, help="zoo preset (with --weights); the builder's default if unset")
-    parser.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
-                        help="builder override used at training, e.g. --arch hidden=8 "
-                             "--arch 'data_shape=(8,8,1)'; repeatable")
-    parser.add_argument("--out", required=True, metavar="DIR", help="base folder (TF Serving's --model_base_path)")
-    parser.add_argument("--version", type=int, default=None,
-                        help="version folder number; default: one more than the highest present")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
-    return parser
-
-
-def _parse_arch(items):
-    import ast
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--arch takes KEY=VALUE. Received: --arch {item!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
-    return out
-
-
-def load_for_export(args):
-    """Builds or loads the model named by parsed `tfflows export` arguments."""
-    if args.keras:
-        if args.model or args.preset or args.arch:
-            raise ValueError("--keras loads a whole model; drop --model/--preset/--arch.")
-        import tfflows  # noqa: F401  (registers the tfflows classes)
-
-        return keras.saving.load_model(args.keras, compile=False)
-    if not args.model:
-        raise ValueError("--weights needs --model (glow, realnvp or nice) to rebuild the architecture.")
-    from tfflows.zoo.builders import BUILDERS
-
-    kwargs = _parse_arch(args.arch)
-    if args.preset:
-        kwargs["preset"] = args.preset
-    model = BUILDERS[args.model](**kwargs)
-    model.load_weights(args.weights)
-    return model
-
-
-def run_cli(args):
-    """Runs `tfflows export` with parsed arguments; returns the exit code."""
-    import sys
-
-    try:
-        model = load_for_export(args)
-        start = time.time()
-        path = save(model, args.out, version=args.version, overwrite=args.overwrite)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, OSError) as err:
-        print(f"tfflows export: error: {err}", file=sys.stderr)
-        return 2
-    print(f"Exported {model.name} to {path} in {time.time() - start:.1f}s")
-    for name, spec in signature_specs(model).items():
-        ins = ", ".join(f"{k}: {d}{list(s)}" for k, (d, s) in spec["inputs"].items())
-        outs = ", ".join(f"{k}: {d}{list(s)}" for k, (d, s) in spec["outputs"].items())
-        print(f"  {name}({ins}) -> {outs}")
-    print(f"Serve with: tensorflow_model_server --model_name={model.name} "
-          f"--model_base_path={os.path.abspath(args.out)} --rest_api_port=8501")
-    return 0

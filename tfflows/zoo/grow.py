@@ -1,0 +1,177 @@
+"""Deepen a trained Glow without changing the function it computes.
+
+`deepen_glow(old, new)` copies a trained zoo Glow with K steps per level
+into a zoo Glow with 2K steps per level, inserting one new step before
+each trained one. The new model computes exactly the same density (up to
+float32 rounding), so training continues from the old model's bits/dim
+with twice the depth, instead of from scratch:
+
+- the new step's ActNorm is the identity, its invertible 1x1 conv keeps
+  its random rotation `R`, and its affine coupling's net ends in a
+  zero-initialised conv, so the coupling is a fixed channel scaling `D`
+  (shift 0, scale `sigmoid(2)` on the transformed half): at the start the
+  whole new step is the linear map `M = D R`;
+- the trained step after it absorbs `M^-1`: with the trained ActNorm
+  `(x + loc) * s` and 1x1 conv `W`, it becomes ActNorm `(u + M loc) * 1`
+  and 1x1 conv `W diag(s) M^-1`, so `W' A'(M x) = W diag(s) (x + loc)`,
+  and the log-dets add up to the old one.
+
+The new couplings then learn from zero while the trained ones keep
+going (net2net-style growth, Chen et al. 2016,
+https://arxiv.org/abs/1511.05641).
+
+Command line (writes a `.weights.h5` for `tfflows train --steps 2K
+--init-from FILE`):
+
+    python -m tfflows.zoo.grow --preset mnist --from pretrained --out grown.weights.h5
+"""
+
+import argparse
+import re
+
+import numpy as np
+
+_STEP = re.compile(r"^(actnorm|invconv|coupling)(\d+)_(\d+)$")
+
+
+def _np(v):
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(v), dtype="float64")
+
+
+def _steps_per_level(model):
+    ks = {}
+    for layer in model.flow.flow_layers:
+        m = _STEP.match(layer.name)
+        if m and m.group(1) == "coupling":
+            ks.setdefault(int(m.group(2)), set()).add(int(m.group(3)))
+    if not ks:
+        raise ValueError(f"{model.name} has no Glow steps (layers named coupling<level>_<k>); "
+                         f"deepen_glow takes models built by tfflows.zoo.glow().")
+    counts = {len(v) for v in ks.values()}
+    if len(counts) != 1:
+        raise ValueError(f"{model.name} has different step counts per level: "
+                         f"{ {i: len(v) for i, v in sorted(ks.items())} }.")
+    return len(ks), counts.pop()
+
+
+def _set_1x1(layer, w):
+    """Sets an Invertible1x1Conv's parameters so that `layer.weight() == w`."""
+    from tfflows.layers.linear import lu_decompose
+
+    if not layer.lu:
+        layer.kernel.assign(w.astype("float32"))
+        return
+    p, l, u = lu_decompose(w)
+    s = np.diag(u)
+    if np.any(s == 0):
+        raise ValueError(f"{layer.name}: the folded 1x1 conv is singular.")
+    layer.permutation.assign(p.astype("float32"))
+    layer.sign_s.assign(np.sign(s).astype("float32"))
+    layer.lower.assign(np.tril(l, -1).astype("float32"))
+    layer.upper.assign(np.triu(u, 1).astype("float32"))
+    layer.log_s.assign(np.log(np.abs(s)).astype("float32"))
+
+
+def _step_matrix(*layers):
+    """The `(C, C)` matrix of a step that is linear and the same at every
+    position (an inserted step at init): column k is its output for e_k."""
+    shape = layers[0].built_input_shape
+    c = shape[-1]
+    h = np.broadcast_to(np.eye(c, dtype="float32")[:, None, None, :], (c,) + tuple(shape[1:-1]) + (c,))
+    for layer in layers:
+        h, _ = layer.forward(h)
+    out = _np(h)
+    if not np.allclose(out, out[:, :1, :1, :], atol=1e-6):
+        raise ValueError(f"{layers[-1].name}: the inserted step is not position-independent at init.")
+    return out[:, 0, 0, :].T
+
+
+def deepen_glow(old, new, sample=None):
+    """Copies trained Glow `old` (K steps per level) into `new` (2K steps per
+    level, same levels, width and preprocessing), so that `new` computes the
+    same density. Both are `tfflows.zoo.glow()` models; they are built on
+    `sample` (a batch of data in [0, 1)) if not built yet. Returns `new`."""
+    if sample is not None:
+        for m in (old, new):
+            m.log_prob(sample)
+    for m in (old, new):
+        if not m.flow.built:
+            raise ValueError(f"{m.name} is not built; pass sample=a batch of data.")
+    levels, k_old = _steps_per_level(old)
+    levels_new, k_new = _steps_per_level(new)
+    if levels_new != levels or k_new != 2 * k_old:
+        raise ValueError(f"deepen_glow needs a new model with {levels} levels of {2 * k_old} steps "
+                         f"(twice {k_old}); got {levels_new} levels of {k_new}.")
+    old_layers = {layer.name: layer for layer in old.flow.flow_layers}
+    new_layers = {layer.name: layer for layer in new.flow.flow_layers}
+
+    # Everything but the steps (preprocessing, squeezes, split priors): as is.
+    for name, layer in new_layers.items():
+        if _STEP.match(name):
+            continue
+        if name not in old_layers:
+            raise ValueError(f"{old.name} has no layer {name!r}: the two models differ beyond depth.")
+        layer.set_weights(old_layers[name].get_weights())
+
+    for i in range(levels):
+        for j in range(k_old):
+            a_old, w_old, c_old = (old_layers[f"{kind}{i}_{j}"] for kind in ("actnorm", "invconv", "coupling"))
+            a_ins, w_ins, c_ins = (new_layers[f"{kind}{i}_{2 * j}"] for kind in ("actnorm", "invconv", "coupling"))
+            a_new, w_new, c_new = (new_layers[f"{kind}{i}_{2 * j + 1}"] for kind in ("actnorm", "invconv", "coupling"))
+            if c_new.hidden != c_old.hidden:
+                raise ValueError(f"deepen_glow needs the same coupling width: {c_old.hidden} vs {c_new.hidden}.")
+            # The inserted step: identity ActNorm, random rotation R, identity coupling.
+            a_ins.loc.assign(np.zeros(a_ins.loc.shape, "float32"))
+            a_ins.log_scale.assign(np.zeros(a_ins.log_scale.shape, "float32"))
+            a_ins.initialized.assign(1.0)
+            last = c_ins.net.get_weights()
+            if np.any(last[-2]) or np.any(last[-1]):
+                raise ValueError(f"{c_ins.name}: its net's last layer is not zero-initialised, "
+                                 f"so it is not the identity.")
+            r = _step_matrix(a_ins, w_ins, c_ins)
+            # The trained step absorbs M^-1.
+            loc, s = _np(a_old.loc), np.exp(_np(a_old.log_scale))
+            a_new.loc.assign((r @ loc).astype("float32"))
+            a_new.log_scale.assign(np.zeros(loc.shape, "float32"))
+            a_new.initialized.assign(1.0)
+            _set_1x1(w_new, _np(w_old.weight()) @ np.diag(s) @ np.linalg.inv(r))
+            c_new.set_weights(c_old.get_weights())
+    return new
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m tfflows.zoo.grow", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="mnist")
+    p.add_argument("--from", dest="source", default="pretrained",
+                   help="'pretrained' (the shipped weights) or a .weights.h5 file of the preset")
+    p.add_argument("--steps", type=int, default=None, help="K of the source model (default: the preset's)")
+    p.add_argument("--data", default="mnist", help="images to check the two models on (test split)")
+    p.add_argument("--limit", type=int, default=500)
+    p.add_argument("--out", required=True, help="where to write the deepened model's .weights.h5")
+    args = p.parse_args(argv)
+
+    from tfflows import training
+    from tfflows.zoo import builders
+    from tfflows.zoo import data as zdata
+
+    old = builders.glow(preset=args.preset, steps=args.steps, pretrained=args.source == "pretrained")
+    k = args.steps or builders.PRESETS["glow"][args.preset]["steps"]
+    new = builders.glow(preset=args.preset, steps=2 * k)
+    images = zdata.load_arrays(args.data, "test", limit=args.limit)
+    x = (images.astype("float32") + 0.5) / 256.0
+    old.log_prob(x[:8])
+    if args.source != "pretrained":
+        old.load_weights(args.source)
+    deepen_glow(old, new, sample=x[:8])
+    a, b = (_np(m.bits_per_dim(x)) for m in (old, new))
+    print(f"bits/dim on {len(x)} test images (half-bin dequantization): K={k} {a.mean():.5f}, "
+          f"K={2 * k} {b.mean():.5f}; largest per-image difference {np.abs(a - b).max():.2e}")
+    training.save_inference_weights(new, args.out)
+    print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
+          f"--steps {2 * k} --init-from {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--conv-init", choices=["library", "glorot", "torch"], default="library")
     p.add_argument("--preprocess", choices=["center", "logit"], default="center",
                    help="tfflows only: tfflows.zoo.glow's preprocess")
+    p.add_argument("--prior", choices=["learned", "fixed"], default=None,
+                   help="tfflows only: Split's learned conv prior or a fixed N(0, 1) (as normflows); "
+                        "default: the --impl's")
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--eval-batch", type=int, default=200)
     add_model_args(p)
@@ -67,8 +70,8 @@ def redraw_hidden_convs(model, how, seed):
 def main(argv=None):
     args = parse_args(argv)
     marks = sorted(int(m) for m in args.marks.split(","))
-    if args.impl not in ttb_worker.TFFLOWS and args.preprocess != "center":
-        raise SystemExit("--preprocess applies to the tfflows implementations only")
+    if args.impl not in ttb_worker.TFFLOWS and (args.preprocess != "center" or args.prior):
+        raise SystemExit("--preprocess and --prior apply to the tfflows implementations only")
     tw_args = ttb_worker.parse_args(["--impl", args.impl, "--eval-n", str(args.eval_n),
                                      "--eval-batch", str(args.eval_batch), "--batch", str(args.batch),
                                      "--lr", str(args.lr), "--hidden", str(args.hidden),
@@ -88,6 +91,7 @@ def main(argv=None):
                 return model
             btg.build_model = build_and_redraw
         tw_args.preprocess = args.preprocess
+        tw_args.prior = args.prior
         first_step, step, evaluate, n_params, versions = ttb_worker.setup_tfflows(tw_args, args.impl)
     elif args.impl.startswith("tfp"):
         first_step, step, evaluate, n_params, versions = ttb_worker.setup_tfp(
@@ -114,7 +118,8 @@ def main(argv=None):
             break
         bpd = finite_or_none(to_bpd(evaluate(x_eval)))
         curve.append({"step": n, "test_bpd": None if bpd is None else round(bpd, 4)})
-        print(f"[{args.impl} {args.conv_init} seed {args.seed}] step {n}: test bpd {bpd}", flush=True)
+        print(f"[{args.impl} {args.conv_init} prior {args.prior} seed {args.seed}] step {n}: test bpd {bpd}",
+              flush=True)
     # Mean training bits/dim per window between marks: far less noisy than
     # one test evaluation of the weights at the mark.
     windows, lo = [], 0
@@ -123,7 +128,13 @@ def main(argv=None):
         windows.append({"steps": [lo, c["step"]],
                         "train_bpd_mean": round(sum(vals) / len(vals), 4) if vals else None})
         lo = c["step"]
+    # Loss spikes: steps whose training bits/dim jumps by more than 0.6 over the
+    # step before (one bad update, as opposed to a slow drift).
+    spikes = [i for i in range(1, len(train_bpd)) if train_bpd[i] is not None and train_bpd[i - 1] is not None
+              and train_bpd[i] - train_bpd[i - 1] > 0.6]
     emit({"impl": args.impl, "train_windows": windows, "conv_init": args.conv_init, "preprocess": args.preprocess,
+          "prior": args.prior or ("fixed" if "fixed-prior" in args.impl else "learned"), "spike_steps": spikes,
+          "train_bpd": [None if b is None else round(b, 4) for b in train_bpd],
           "hidden": args.hidden, "seed": args.seed, "params": n_params,
           "nets_redrawn": n_redrawn, "curve": curve, "eval_n": args.eval_n, "lr": args.lr,
           "batch": args.batch, "versions": versions})

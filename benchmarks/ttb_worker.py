@@ -45,6 +45,11 @@ TFFLOWS = {
     "tfflows-tf-jit-off-bpd-eps": ["--backend", "tensorflow", "--jit", "off", "--adam-eps-on", "bpd"],
     # bfloat16 coupling nets (Keras mixed_bfloat16 policy; flow, log-dets and loss float32).
     "tfflows-tf-jit-off-bf16": ["--backend", "tensorflow", "--jit", "off", "--dtype", "mixed_bfloat16"],
+    # normflows' exact model: a fixed N(0, 1) on the factored-out half instead of
+    # tfflows' learned split prior (glow(learned_prior=False)).
+    "tfflows-tf-jit-off-fixed-prior": ["--backend", "tensorflow", "--jit", "off", "--prior", "fixed"],
+    "tfflows-tf-jit-off-bf16-fixed-prior": ["--backend", "tensorflow", "--jit", "off", "--dtype", "mixed_bfloat16",
+                                            "--prior", "fixed"],
 }
 IMPLS = list(TFFLOWS) + ["tfp", "tfp-exit-identity", "normflows", "normflows-bf16"]
 LN2_D = 784 * math.log(2.0)
@@ -77,7 +82,8 @@ def setup_tfflows(args, impl):
                                             "--hidden", str(args.hidden), "--levels", str(args.levels),
                                             "--depth", str(args.depth), "--seed", str(args.seed),
                                             "--threads", str(args.threads),
-                                            "--preprocess", getattr(args, "preprocess", "center")])
+                                            "--preprocess", getattr(args, "preprocess", "center"),
+                                            *(["--prior", args.prior] if getattr(args, "prior", None) else [])])
     backend = targs.backend
     btg.set_backend(targs)
     import keras

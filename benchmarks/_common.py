@@ -47,6 +47,18 @@ def add_model_args(p):
     return p
 
 
+def tfflows_train_default_impl(cpuinfo="/proc/cpuinfo"):
+    """The benchmark row that matches what `tfflows train --dtype auto` runs on
+    this CPU: bfloat16 coupling nets where the CPU has AVX512_BF16 or AMX
+    (`tfflows.distribute.resolve_dtype`), float32 elsewhere."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return "tfflows-tf-jit-off-bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "tfflows-tf-jit-off"
+
+
 def default_data():
     """`$SHARED_DATA/mnist.npz` if set, else `../shared/data/mnist.npz` from the repo root."""
     root = os.environ.get("SHARED_DATA", os.path.join(SHARED_DIR, "data"))
@@ -129,7 +141,7 @@ def last_json_line(text, key="impl"):
 
 
 def run_time_budget(impl, first_step, step, evaluate, x_train, x_eval, minutes,
-                    eval_every_min=2.0, batch=64, seed=0, log_every_s=30.0):
+                    eval_every_min=2.0, batch=64, seed=0, log_every_s=30.0, extra_marks=()):
     """Trains for `minutes` of wall clock and returns the curve as a dict.
 
     `first_step(x)` and `step(x)` take a numpy batch `(B, 28, 28, 1)` and
@@ -140,8 +152,9 @@ def run_time_budget(impl, first_step, step, evaluate, x_train, x_eval, minutes,
     same noise in the same order.
 
     Each evaluation is labelled with its nominal `mark` (minutes: a multiple
-    of `eval_every_min`, or `minutes` for the final one) and the actual
-    training-clock `minutes` at which it ran (just after the mark).
+    of `eval_every_min`, one of `extra_marks` (e.g. `minutes / 2`, where the
+    time-to-quality target is judged), or `minutes` for the final one) and
+    the actual training-clock `minutes` at which it ran (just after the mark).
 
     The training clock counts batch preparation and every train step,
     including the first (trace/compile and ActNorm init). It stops while the
@@ -152,8 +165,11 @@ def run_time_budget(impl, first_step, step, evaluate, x_train, x_eval, minutes,
     rng = np.random.default_rng(seed)
     stream = epoch_batches(x_train, batch, rng)
     budget = minutes * 60.0
-    every = eval_every_min * 60.0
-    next_eval = every
+    n_regular = int(math.floor(minutes / eval_every_min + 1e-9))
+    marks = sorted({round(k * eval_every_min, 4) for k in range(1, n_regular + 1)}
+                   | {round(float(m), 4) for m in extra_marks})
+    marks = [m for m in marks if 0 < m < minutes]  # the final evaluation is always made
+    next_i = 0
     clock = 0.0
     n_steps = 0
     first_step_s = None
@@ -193,13 +209,13 @@ def run_time_budget(impl, first_step, step, evaluate, x_train, x_eval, minutes,
         if time.perf_counter() - t_log > log_every_s:
             t_log = time.perf_counter()
             print(f"[{impl}] {clock / 60.0:.2f} min, step {n_steps}, train bpd {bpd:.4f}", flush=True)
-        if clock >= next_eval and clock < budget:
+        if next_i < len(marks) and clock >= marks[next_i] * 60.0 and clock < budget:
             # One evaluation even if a long step (a compile) crossed several marks;
             # it is labelled with the last mark crossed.
-            while next_eval + every <= clock:
-                next_eval += every
-            do_eval(round(next_eval / 60.0, 4))
-            next_eval += every
+            while next_i + 1 < len(marks) and marks[next_i + 1] * 60.0 <= clock:
+                next_i += 1
+            do_eval(marks[next_i])
+            next_i += 1
     if first_nan_step is None:
         do_eval(minutes)
     else:

@@ -21,7 +21,7 @@ Models and optimizers are set up as in the shared baseline scripts:
   evaluated in float32 (its weights are float32), as the other runs are
   evaluated the way they train.
 * `tfflows-*`: `build_model` from `benchmarks/bench_tfflows_glow.py`
-  (`tfflows.zoo.glow(preset="mnist", hidden=400)`, Keras Adam, no clipping,
+  (`tfflows.zoo.glow(preset="mnist", levels=2, steps=8, hidden=400)`, Keras Adam, no clipping,
   `train_on_batch`), ActNorm init on the first batch inside the first step;
   the configurations are the `TFFLOWS` table below.
 """
@@ -60,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--impl", choices=IMPLS, required=True)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--eval-every", type=float, default=2.0, help="minutes of training clock")
+    p.add_argument("--extra-evals", default="", help="more evaluation marks, comma-separated minutes")
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--eval-batch", type=int, default=200)
     add_model_args(p)
@@ -215,7 +216,8 @@ def main(argv=None):
     x_train, x_test = load_mnist(args.data)
     x_eval = eval_set(x_test, args.eval_n)
     out = run_time_budget(args.impl, first_step, step, evaluate, x_train, x_eval, args.minutes,
-                          eval_every_min=args.eval_every, batch=args.batch, seed=args.seed)
+                          eval_every_min=args.eval_every, batch=args.batch, seed=args.seed,
+                          extra_marks=[float(m) for m in args.extra_evals.split(",") if m.strip()])
     out.update(params=n_params, versions=versions, threads=args.threads, lr=args.lr,
                eval_n=args.eval_n, batch=args.batch)
     emit(out)

@@ -607,8 +607,22 @@ def test_cli_exports_weights_and_keras_files(tmp_path, capsys):
     assert f"{weights} does not fit --model glow --preset mnist" in capsys.readouterr().err
     assert _cli(["--weights", weights, "--keras", keras_file, "--out", out]) == 2
     assert "give one of --run, --weights, --pretrained, --keras" in capsys.readouterr().err
+    assert _cli(["--keras", keras_file, "--arch", "hidden=8", "--out", out]) == 2
+    assert "drop --arch" in capsys.readouterr().err
     assert _cli(["--weights", weights, "--model", builder, *arch, "--out", out, "--version", "3"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_arch_values_and_nice_keywords():
+    assert cli.parse_arch(["lu=false", "hidden=8", "data_shape=(8, 8, 1)", "base=logistic"]) == dict(
+        lu=False, hidden=8, data_shape=(8, 8, 1), base="logistic")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        cli.parse_arch(["hidden"])
+    # NICE's K is `couplings`; its other keywords (depth, base, data_shape) reach the builder.
+    kwargs = cli._builder_kwargs("nice", dict(steps=2, hidden=8, depth=1, data_shape=[8, 8, 1]))
+    assert kwargs == dict(couplings=2, hidden=8, depth=1, data_shape=[8, 8, 1])
+    model = cli.build_model("nice", "mnist-tiny", dict(steps=2, hidden=8, depth=1, data_shape=[8, 8, 1]))
+    assert model.count_params() < 10_000
 
 
 # -- a model trained under a distribution strategy -------------------------------------------------

@@ -67,6 +67,9 @@ def test_deepen_glow_rejects_models_it_cannot_map():
     wrong_width = tfflows.zoo.glow(preset="mnist-tiny", steps=4, hidden=16)
     with pytest.raises(ValueError, match=r"same coupling width"):
         grow.deepen_glow(old, wrong_width, sample=x[:2])
+    fresh = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8)
+    with pytest.raises(ValueError, match=r"never initialised"):
+        grow.deepen_glow(fresh, tfflows.zoo.glow(preset="mnist-tiny", steps=4, hidden=8), sample=x[:2])
     with pytest.raises(ValueError, match=r"has no Glow steps"):
         grow.deepen_glow(tfflows.zoo.realnvp(preset="mnist-tiny"), wrong_depth, sample=x[:2])
 

@@ -112,10 +112,15 @@ def parse_arch(items):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--arch takes KEY=VALUE. Received: --arch {item!r}")
+        value = value.strip()
+        words = {"true": True, "false": False, "none": None}
+        if value.lower() in words:  # --arch lu=false as well as lu=False
+            out[key.strip()] = words[value.lower()]
+            continue
         try:
-            out[key.strip()] = ast.literal_eval(value.strip())
+            out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
+            out[key.strip()] = value
     return out
 
 
@@ -130,12 +135,10 @@ def _builder_kwargs(model_name, overrides):
     if "preprocess" in overrides and model_name != "glow":
         raise SystemExit(f"tfflows: --preprocess applies to --model glow, not {model_name} "
                          f"(realnvp always uses the logit transform, nice none).")
-    if model_name == "nice":  # NICE's knobs have other names
-        mapped = {}
+    if model_name == "nice":  # NICE's K is `couplings`; everything else passes through
+        mapped = {k: v for k, v in overrides.items() if k != "steps"}
         if "steps" in overrides:
             mapped["couplings"] = overrides["steps"]
-        if "hidden" in overrides:
-            mapped["hidden"] = overrides["hidden"]
         return mapped
     return dict(overrides)
 
@@ -163,6 +166,11 @@ def load_model_from_args(args):
     if len(sources) > 1:
         raise ValueError(f"give one of --run, --weights, --pretrained, --keras; got {' and '.join(sources)}.")
     if getattr(args, "keras", None):
+        given = [f"--{k}" for k in ("levels", "steps", "hidden", "preprocess") if getattr(args, k, None) is not None]
+        given += ["--arch"] if args.arch else []
+        given += ["--preset"] if args.preset else []
+        if given:
+            raise ValueError(f"--keras loads a whole model with its architecture; drop {' '.join(given)}.")
         import keras
 
         import tfflows  # noqa: F401  (registers the tfflows classes)

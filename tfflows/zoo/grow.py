@@ -101,6 +101,9 @@ def deepen_glow(old, new, sample=None):
             raise ValueError(f"{m.name} is not built; pass sample=a batch of data.")
     levels, k_old = _steps_per_level(old)
     levels_new, k_new = _steps_per_level(new)
+    if old.needs_initialization:
+        raise ValueError(f"{old.name} has ActNorm layers that were never initialised: deepen a trained "
+                         f"(or loaded) model, not a fresh one.")
     if levels_new != levels or k_new != 2 * k_old:
         raise ValueError(f"deepen_glow needs a new model with {levels} levels of {2 * k_old} steps "
                          f"(twice {k_old}); got {levels_new} levels of {k_new}.")
@@ -122,6 +125,10 @@ def deepen_glow(old, new, sample=None):
             a_new, w_new, c_new = (new_layers[f"{kind}{i}_{2 * j + 1}"] for kind in ("actnorm", "invconv", "coupling"))
             if c_new.hidden != c_old.hidden:
                 raise ValueError(f"deepen_glow needs the same coupling width: {c_old.hidden} vs {c_new.hidden}.")
+            for attr in ("mask", "reverse", "scale"):
+                if getattr(c_new, attr) != getattr(c_old, attr):
+                    raise ValueError(f"{c_new.name} and {c_old.name} differ in {attr}: "
+                                     f"{getattr(c_old, attr)!r} vs {getattr(c_new, attr)!r}.")
             # The inserted step: identity ActNorm, random rotation R, identity coupling.
             a_ins.loc.assign(np.zeros(a_ins.loc.shape, "float32"))
             a_ins.log_scale.assign(np.zeros(a_ins.log_scale.shape, "float32"))
@@ -168,6 +175,9 @@ def main(argv=None):
     a, b = (_np(m.bits_per_dim(x)) for m in (old, new))
     print(f"bits/dim on {len(x)} test images (half-bin dequantization): K={k} {a.mean():.5f}, "
           f"K={2 * k} {b.mean():.5f}; largest per-image difference {np.abs(a - b).max():.2e}")
+    if not np.abs(a - b).max() < 1e-3:
+        raise SystemExit(f"tfflows.zoo.grow: the deepened model's bits/dim differ by up to "
+                         f"{np.abs(a - b).max():.2e} from the source's; nothing written.")
     training.save_inference_weights(new, args.out)
     print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
           f"--steps {2 * k} --init-from {args.out}")

@@ -1,0 +1,88 @@
+"""The time-to-quality benchmark's bookkeeping (no framework, no training)."""
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
+from benchmarks import _common, time_to_bpd  # noqa: E402
+
+
+class _FakeClock:
+    """Stands in for `time.perf_counter`: each training step takes exactly 1 s,
+    each evaluation 100 s (which must not count on the training clock)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_time_budget_evaluates_at_every_mark_and_the_extra_ones(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(_common.time, "perf_counter", clock)
+    x_train = np.zeros((256, 28, 28, 1), "float32")
+    evals = []
+
+    def step(x):
+        clock.t += 1.0
+        return 1000.0
+
+    def evaluate(x):
+        clock.t += 100.0
+        evals.append(len(x))
+        return 900.0
+
+    # 10 minutes of 1-second steps, evaluations every 2 minutes and at 5.
+    out = _common.run_time_budget("fake", step, step, evaluate, x_train, x_train[:8], minutes=10.0,
+                                  eval_every_min=2.0, batch=64, extra_marks=[5.0], log_every_s=1e9)
+    assert [p["mark"] for p in out["curve"]] == [2.0, 4.0, 5.0, 6.0, 8.0, 10.0]
+    # Each evaluation runs at the first step on or past its mark; evaluations do not use the budget.
+    assert [p["step"] for p in out["curve"]] == [120, 240, 300, 360, 480, 600]
+    assert out["steps"] == 600 and evals == [8] * 6
+    # A step that crosses two marks (a long compile) gives one evaluation, labelled with the later one.
+    clock.t = 0.0
+
+    def slow_first(x):
+        clock.t += 130.0
+        return 1000.0
+
+    out = _common.run_time_budget("fake", slow_first, step, evaluate, x_train, x_train[:8], minutes=4.0,
+                                  eval_every_min=1.0, batch=64, log_every_s=1e9)
+    assert [p["mark"] for p in out["curve"]] == [2.0, 3.0, 4.0]
+
+
+def test_half_time_target_is_first_passage_through_the_half_time_evaluation():
+    nf = {"final_test_bpd": 2.0, "curve": [{"mark": 5.0, "minutes": 5.0, "test_bpd": 3.0},
+                                           {"mark": 10.0, "minutes": 10.0, "test_bpd": 2.0}]}
+    fast = {"curve": [{"mark": 4.0, "minutes": 4.0, "test_bpd": 2.5}, {"mark": 5.0, "minutes": 5.0, "test_bpd": 1.99},
+                      {"mark": 6.0, "minutes": 6.0, "test_bpd": 1.9}, {"mark": 10.0, "minutes": 10.0, "test_bpd": 1.8}]}
+    out = time_to_bpd.compare_one(fast, nf, 10.0)
+    assert out["reached_in_half_the_time"] and out["tfflows_bpd_at_half_time"] == 1.99
+    slow = {"curve": [dict(p, test_bpd=b) for p, b in zip(fast["curve"], (2.5, 2.01, 1.9, 1.8))]}
+    out = time_to_bpd.compare_one(slow, nf, 10.0)
+    assert not out["reached_in_half_the_time"]
+    # Interpolated time to normflows' final figure, between the 5- and 6-minute evaluations.
+    assert 5.0 < out["tfflows_minutes_to_normflows_final"] < 6.0
+    # Without a half-time evaluation the interpolation decides.
+    no_half = {"curve": [p for p in fast["curve"] if p["mark"] != 5.0]}
+    out = time_to_bpd.compare_one(no_half, nf, 10.0)
+    assert out["tfflows_bpd_at_half_time"] is None
+    assert out["reached_in_half_the_time"] is False  # 2.5 at 4 min, 1.9 at 6: crosses at 5.67
+    # Reaching it before half the time counts even if a spike lifts the half-time evaluation.
+    early = {"curve": [dict(p, test_bpd=b) for p, b in zip(fast["curve"], (1.95, 2.3, 1.9, 1.8))]}
+    out = time_to_bpd.compare_one(early, nf, 10.0)
+    assert out["reached_in_half_the_time"] and out["tfflows_minutes_to_normflows_final"] == 4.0
+
+
+def test_tfflows_train_default_row_follows_the_cpu_flags(tmp_path):
+    with_bf16 = tmp_path / "cpuinfo_bf16"
+    with_bf16.write_text("processor : 0\nflags : fpu sse2 avx512f amx_bf16 avx512_bf16\n")
+    without = tmp_path / "cpuinfo"
+    without.write_text("processor : 0\nflags : fpu sse2 avx2\n")
+    assert _common.tfflows_train_default_impl(str(with_bf16)) == "tfflows-tf-jit-off-bf16"
+    assert _common.tfflows_train_default_impl(str(without)) == "tfflows-tf-jit-off"
+    assert _common.tfflows_train_default_impl(str(tmp_path / "missing")) == "tfflows-tf-jit-off"

@@ -101,3 +101,16 @@ def test_model_rejects_nan_and_wrong_shape():
         model.log_prob(np.zeros((2, 5), "float32"))
     with pytest.raises(TypeError, match=r"expects float data .* got dtype uint8"):
         model.log_prob(np.zeros((2, 4), "uint8"))
+
+
+def test_model_takes_float64_data_as_float32():
+    """float64 numpy in (what `np.random.rand` gives) is cast like keras.Model does."""
+    import tfflows
+
+    model = tfflows.FlowModel([L.ActNorm(), L.AffineCoupling(hidden=4)], data_shape=(4,))
+    x = np.random.default_rng(0).uniform(size=(3, 4))
+    lp64 = np.asarray(model.log_prob(x))
+    lp32 = np.asarray(model.log_prob(x.astype("float32")))
+    assert lp64.dtype == np.float32
+    np.testing.assert_array_equal(lp64, lp32)
+    np.testing.assert_array_equal(np.asarray(model.encode(x)), np.asarray(model.encode(x.astype("float32"))))

@@ -141,6 +141,8 @@ class FlowModel(keras.Model):
                 f"FlowModel expects float data in [0, 1) (dequantized), got dtype {dtype}. "
                 f"Use tfflows.zoo.data to dequantize uint8 images."
             )
+        if dtype != "float32":  # float64 numpy (or half precision) in, like keras.Model
+            x = x.astype("float32") if isinstance(x, np.ndarray) else keras.ops.cast(x, "float32")
         if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
             raise ValueError(f"FlowModel got {int(np.size(x) - np.count_nonzero(np.isfinite(x)))} "
                              f"NaN or infinite value(s) in its input.")
@@ -178,7 +180,10 @@ class FlowModel(keras.Model):
         """Draws `n` samples at `temperature` (scalar or per row), in data space.
 
         Temperature scales the base distribution's spread (Glow), including
-        the factored-out latents of every level; 0 gives the mode.
+        the factored-out latents of every level; 0 gives the mode. Like
+        `decode`, the result is not clipped: with logit preprocessing values
+        reach `-alpha / (1 - 2 alpha)` below 0 and as far above 1; clip to
+        `[0, 1]` for display (`tfflows sample` does).
         """
         n = int(n)
         if n < 1:

@@ -107,7 +107,7 @@ def main():
                                  else args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
                  recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
                              decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype),
-                 date=datetime.date.today().isoformat())
+                 date=datetime.date.today().isoformat(), hardware=args.hardware_note)
     stages = [stage]
     if args.continues:
         prev = manifest[args.key]
@@ -191,7 +191,7 @@ def write_card(card_dir, args, e, curve, model):
 | **test bits/dim** | **{e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f}** (standard error over 10,000 images; mean of {e['test_draws']} noise draws: {e['test_bpd_per_draw']}) |
 | bits/dim on the 500 test images shipped in the package | {e['embedded_test500_bpd']:.4f} (`tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data mnist --limit 500`; checked by `tests/test_pretrained.py`) |
 | training | {e['train_steps']:,} steps of batch {e['recipe']['batch_size']}, {e['train_minutes']:.1f} minutes ({e['cpu_hours']} CPU-hours) |
-| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min ({st['cpu_hours']} CPU-hours), {st['recipe'].get('dtype', 'float32')}, lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") for i, st in enumerate(e['stages']))} |
+| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min ({st['cpu_hours']} CPU-hours), {st['recipe'].get('dtype', 'float32')}, lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") + (f" ({st['hardware']})" if st.get('hardware') else "") for i, st in enumerate(e['stages']))} |
 | recipe (last stage) | Adam lr {e['recipe']['lr']}, linear warm-up {e['recipe']['warmup_steps']} steps, decay {e['recipe']['decay']}, global-norm clip {e['recipe']['clipnorm']}, {f"weights = EMA of the training weights (momentum {e['recipe']['ema']})" if e['recipe'].get('ema') else "no weight averaging"}, backend {e['recipe']['backend']}, jit {e['recipe']['jit']} |
 | hardware | {e['hardware']} |
 | date | {e['date']} |
@@ -211,8 +211,9 @@ Evaluate the shipped file: `tfflows evaluate --pretrained --model {e['model']} -
 ## Learning curve
 
 Test bits/dim on the first 2000 test images (one fixed noise draw) against training minutes on
-the 2-core machine (`curve.json`, `curve.png`). The CPU was shared with other jobs during this
-run, so each minute here bought less than a minute on an idle machine.
+the 2-core machine (`curve.json`, `curve.png`), the stages joined end to end. The `hardware`
+row and the stage commands above say how the CPU was shared; where a stage shared it with other
+jobs, each of its minutes bought less than a minute on an idle machine.
 
 ![learning curve](curve.png)
 

@@ -50,7 +50,10 @@ def add_model_args(p):
 def tfflows_train_default_impl(cpuinfo="/proc/cpuinfo"):
     """The benchmark row that matches what `tfflows train --dtype auto` runs on
     this CPU: bfloat16 coupling nets where the CPU has AVX512_BF16 or AMX
-    (`tfflows.distribute.resolve_dtype`), float32 elsewhere."""
+    (`tfflows.distribute.resolve_dtype`), float32 elsewhere. It reads the
+    flags as `tfflows.distribute.cpu_bf16_flags` does, without importing it:
+    that would load TensorFlow into the drivers, which only spawn the timed
+    workers."""
     try:
         with open(cpuinfo) as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])

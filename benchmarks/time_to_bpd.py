@@ -208,7 +208,8 @@ def main(argv=None):
     for name, cmp in summary.items():
         if not isinstance(cmp, dict) or name == "vs_normflows_bf16":
             continue
-        judged = (" (what `tfflows train` runs on this CPU)" if name == tfflows_train_default_impl() else "")
+        judged = (" (what `tfflows train` runs on this CPU)" if name == summary.get("tfflows_train_default_here")
+                  else "")
         print(f"# {name}{judged}: lower than normflows at every evaluation: "
               f"{cmp['tfflows_lower_at_every_eval']}")
         if "normflows_final_bpd" in cmp:

@@ -182,6 +182,24 @@ def test_gradients_reach_every_variable(case_id):
     assert not dead, f"no gradient reaches {dead}"
 
 
+@pytest.mark.parametrize("cls,kwargs,var", [
+    ("Invertible1x1Conv", {"lu": False}, "kernel"),
+    ("Invertible1x1Conv", {"lu": True}, "lower"),
+    ("Permute", {}, "perm"),
+], ids=["invconv", "invconv-lu", "permute"])
+def test_unseeded_random_init_follows_keras_set_random_seed(cls, kwargs, var):
+    # seed=None draws from numpy's global state, which set_random_seed seeds.
+    def built(seed):
+        keras.utils.set_random_seed(seed)
+        layer = LAYER_REGISTRY[cls](**kwargs)
+        layer.build((2, 3, 3, 8))
+        return to_np(getattr(layer, var))
+
+    a, b, c = built(3), built(3), built(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c), "a different global seed gave the same initial value"
+
+
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
                     reason="this test launches the JAX run; it is already the JAX run")
 def test_contract_under_jax():

@@ -123,3 +123,42 @@ def test_missing_weights_and_wrong_architecture_are_refused(fake_shipped):
         tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True)
     with pytest.raises(builders.WeightsError, match=r"No pretrained weights ship for 'nice-cifar10'"):
         tfflows.zoo.nice(preset="cifar10", pretrained=True)
+
+
+def _ship_module():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo", "ship.py")
+    spec = importlib.util.spec_from_file_location("tfflows_zoo_ship", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ship_refuses_a_run_the_preset_could_not_load():
+    ship = _ship_module()
+    steps = builders.PRESETS["glow"]["mnist"]["steps"]
+    ok = {"model": "glow", "preset": "mnist", "overrides": {"steps": steps}}
+    ship.check_shippable(ok, "glow-mnist")  # an override equal to the preset is fine
+    with pytest.raises(SystemExit, match=r"changes the 'mnist' preset.*steps.*preset %d, run %d" % (steps, steps + 1)):
+        ship.check_shippable(dict(ok, overrides={"steps": steps + 1}), "glow-mnist")
+    with pytest.raises(SystemExit, match=r"learned_prior.*preset builder default, run False"):
+        ship.check_shippable(dict(ok, overrides={"learned_prior": False}), "glow-mnist")
+    with pytest.raises(SystemExit, match=r"--key 'realnvp-mnist' does not match.*'glow-mnist'"):
+        ship.check_shippable(ok, "realnvp-mnist")
+
+
+def test_model_card_progress_projects_from_the_last_stage():
+    ship = _ship_module()
+    stage = lambda h, b: {"cpu_hours": h, "test_bpd": b}  # noqa: E731
+    e = {"model": "glow", "test_bpd": 1.19, "stages": [stage(3.0, 1.30), stage(2.0, 1.21), stage(1.0, 1.19)]}
+    text = ship.progress_text(e)
+    assert "| 2 | 2.0 | 5.00 | 1.2100 | +0.0900 | 0.0450 |" in text
+    assert "| 3 | 1.0 | 6.00 | 1.1900 | +0.0200 | 0.0200 |" in text
+    # at 0.02 per CPU-hour: (1.19 - 1.15) / 0.02 = 2 and (1.19 - 1.05) / 0.02 = 7
+    assert "target 1.15 needs at least 2 more CPU-hours" in text
+    assert "published 1.05 needs at least 7 more CPU-hours" in text
+    e["test_bpd"], e["stages"][-1]["test_bpd"] = 1.14, 1.14
+    assert "target 1.15 is met" in ship.progress_text(e)
+    e["stages"][-1]["test_bpd"] = None  # stages shipped before per-stage figures: no table
+    assert ship.progress_text(e) == ""

@@ -30,6 +30,47 @@ NORMFLOWS = {  # measured on this 2-core machine (issue #11)
     "width 128 (0.43M params, 194 img/s)": [(4, 2.41), (8, 2.05), (12, 1.94)],
 }
 PUBLISHED = {"glow": 1.05, "realnvp": 1.06, "nice": None}
+TARGETS = {"glow": 1.15, "realnvp": 1.25}  # issue #11, full 10k test set
+
+
+def progress_text(e):
+    """Markdown: the 10k-test bits/dim after each stage, what each later stage
+    gained per CPU-hour, and how many more CPU-hours the target and the
+    published figure would take at the last rate (a lower bound where gains
+    shrink as training goes on). `''` when the stages carry no test figures."""
+    stages = e.get("stages") or []
+    if len(stages) < 2 or any(st.get("test_bpd") is None for st in stages):
+        return ""
+    rows, hours, rate = [], 0.0, None
+    for i, st in enumerate(stages):
+        hours += st["cpu_hours"]
+        gain = "-" if i == 0 else f"{stages[i - 1]['test_bpd'] - st['test_bpd']:+.4f}"
+        if i:
+            rate = (stages[i - 1]["test_bpd"] - st["test_bpd"]) / max(st["cpu_hours"], 1e-9)
+        rows.append(f"| {i + 1} | {st['cpu_hours']} | {hours:.2f} | {st['test_bpd']:.4f} | "
+                    f"{gain} | {'-' if i == 0 else f'{rate:.4f}'} |")
+    cur = e["test_bpd"]
+    goals = [(f"the issue #11 target {TARGETS.get(e['model'])}", TARGETS.get(e["model"])),
+             (f"the published {PUBLISHED.get(e['model'])}", PUBLISHED.get(e["model"]))]
+    ahead = []
+    for name, goal in goals:
+        if goal is None:
+            continue
+        if cur <= goal:
+            ahead.append(f"{name} is met")
+        elif rate and rate > 0:
+            ahead.append(f"{name} needs at least {(cur - goal) / rate:.0f} more CPU-hours")
+        else:
+            ahead.append(f"{name} is not reached at that rate")
+    table = "\n".join(["| stage | CPU-hours | total CPU-hours | test bits/dim | gain | gain per CPU-hour |",
+                       "| --- | --- | --- | --- | --- | --- |"] + rows)
+    text = ("Test bits/dim (10k test set) after each stage; a stage's gain is over the stage before it:\n\n"
+            + table + "\n\n")
+    if ahead:
+        text += (f"At the last stage's rate ({rate:.4f} bits/dim per CPU-hour), " + "; ".join(ahead)
+                 + ". Gains per CPU-hour usually shrink as a model improves, so read these as lower "
+                 "bounds, not forecasts.")
+    return text
 
 
 def curve_at(curve, minutes):
@@ -62,6 +103,25 @@ def plot_curve(curve, path, title):
     plt.close(fig)
 
 
+def check_shippable(cfg, key):
+    """Refuse a run that `load_pretrained` could not load under `key`: the key
+    must be `model-preset`, and the run's `--arch/--steps/...` overrides must
+    not change the preset (else `pretrained=True` would refuse the file as
+    another architecture). Change the preset in `builders.PRESETS` first."""
+    want = f"{cfg['model']}-{cfg['preset']}"
+    if key != want:
+        raise SystemExit(f"ship.py: --key {key!r} does not match the run's model and preset ({want!r}).")
+    preset = builders.PRESETS[cfg["model"]][cfg["preset"]]
+    changed = {k: (preset.get(k, "builder default"), v) for k, v in cfg.get("overrides", {}).items()
+               if list(builders._as_list(preset.get(k, "builder default"))) != list(builders._as_list(v))}
+    if changed:
+        raise SystemExit(
+            f"ship.py: the run changes the {cfg['preset']!r} preset "
+            f"({ {k: f'preset {a}, run {b}' for k, (a, b) in changed.items()} }); "
+            f"tfflows.zoo.{cfg['model']}(preset={cfg['preset']!r}, pretrained=True) would refuse it. "
+            f"Update builders.PRESETS to the run's architecture first, or ship it under a new preset.")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--run", required=True)
@@ -84,6 +144,7 @@ def main():
         cfg = json.load(f)
     with open(os.path.join(args.run, "metrics.json")) as f:
         metrics = json.load(f)
+    check_shippable(cfg, args.key)  # before anything is evaluated or overwritten
     model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
     model.load_weights(os.path.join(args.run, "model.weights.h5"))
 
@@ -107,7 +168,8 @@ def main():
                                  else args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
                  recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
                              decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype),
-                 date=datetime.date.today().isoformat(), hardware=args.hardware_note)
+                 date=datetime.date.today().isoformat(), hardware=args.hardware_note,
+                 test_bpd=round(mean, 4))
     stages = [stage]
     if args.continues:
         prev = manifest[args.key]
@@ -221,7 +283,7 @@ jobs, each of its minutes bought less than a minute on an idle machine.
 | --- | --- | --- |
 {chr(10).join(rows)}
 
-{slope}
+{progress_text(e) or slope}
 {f"The published GPU figure for {e['model']} on MNIST is {published} bits/dim; this model is at {e['test_bpd']:.2f}. Continuing from these weights (`tfflows train --init-from pretrained ...` or `--resume`) lowers it further; the curve above says by how much per CPU-hour." if published else ""}
 
 ## Samples

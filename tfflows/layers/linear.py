@@ -6,9 +6,18 @@ from keras import ops
 from tfflows.layers.base import FlowLayer, register, zeros_log_det
 
 
+def _rng(seed):
+    """numpy Generator for `seed`; with `seed=None`, one drawn from numpy's
+    global state, which `keras.utils.set_random_seed` seeds (so an unseeded
+    layer is reproducible under it, as Keras initializers are)."""
+    if seed is None:
+        seed = int(np.random.randint(0, 2**31 - 1))
+    return np.random.default_rng(seed)
+
+
 def _random_rotation(c, seed):
     """A random orthogonal `(c, c)` matrix (QR of a Gaussian), numpy."""
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     q, r = np.linalg.qr(rng.standard_normal((c, c)))
     return (q * np.sign(np.diag(r))).astype("float32")
 
@@ -65,7 +74,9 @@ class Invertible1x1Conv(FlowLayer):
 
     Args:
         lu: use the LU parametrisation. Defaults to `True`.
-        seed: seed of the initial rotation. Defaults to `None`.
+        seed: seed of the initial rotation. Defaults to `None`: drawn from
+            numpy's global state, so `keras.utils.set_random_seed` makes it
+            reproducible.
 
     Input shape: `(batch, ..., C)`; output shape the same.
 
@@ -154,7 +165,8 @@ class Permute(FlowLayer):
 
     Args:
         permutation: list of channel indices, or `None` for a random shuffle.
-        seed: seed for the random shuffle. Defaults to `None`.
+        seed: seed for the random shuffle. Defaults to `None`: drawn from
+            numpy's global state (seeded by `keras.utils.set_random_seed`).
 
     >>> import numpy as np
     >>> layer = Permute([2, 0, 1])
@@ -185,7 +197,7 @@ class Permute(FlowLayer):
                 f"channels but the input has {c} (shape {tuple(input_shape)})."
             )
         perm = (np.array(self.permutation) if self.permutation is not None
-                else np.random.default_rng(self.seed).permutation(c))
+                else _rng(self.seed).permutation(c))
         self.perm = self.add_weight(
             shape=(c,), dtype="int32", trainable=False, name="perm",
             initializer=lambda *a, **k: np.asarray(perm, "int32"),

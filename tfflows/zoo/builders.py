@@ -85,7 +85,10 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
     (ActNorm, invertible 1x1 conv, affine coupling), then split (not after
     the last level). Data in [0, 1) is first shifted to [-0.5, 0.5)
     (`preprocess="center"`, Glow's own) or taken through RealNVP's logit
-    transform with squashing `alpha` (`preprocess="logit"`)."""
+    transform with squashing `alpha` (`preprocess="logit"`). The 1x1
+    rotations are seeded by position (`1000 * level + step`), so every build
+    starts from the same rotations whatever the Keras seed; the coupling
+    nets' initial weights follow `keras.utils.set_random_seed`."""
     _check_divisible("glow", data_shape, levels)
     if preprocess == "center":
         flow = [L.Rescale(1.0, -0.5, name="center")]

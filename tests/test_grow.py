@@ -88,3 +88,60 @@ def test_grow_command_writes_weights_that_tfflows_train_can_start_from(tmp_path,
     new.log_prob(x[:2])
     new.load_weights(out)
     np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(src.log_prob(x)), rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("lu,preprocess", [(True, "logit"), (False, "center")])
+def test_widened_glow_has_wider_nets_and_the_same_density(lu, preprocess):
+    old, x = _trained_like(lu=lu, preprocess=preprocess)
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=20, preprocess=preprocess, lu=lu)
+    grow.widen_glow(old, new, sample=x[:2])
+    couplings = [l for l in new.flow.flow_layers if type(l).__name__ == "AffineCoupling"]
+    assert couplings and all(c.hidden == 20 for c in couplings)
+    assert new.count_params() > old.count_params()
+    np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(old.log_prob(x)), rtol=1e-6, atol=1e-3)
+    z = old.encode(x)
+    np.testing.assert_allclose(to_np(new.encode(x)), to_np(z), atol=1e-4)
+    assert not new.needs_initialization
+
+
+def test_widened_glow_trains_its_new_units():
+    old, x = _trained_like()
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=16)
+    grow.widen_glow(old, new, sample=x[:2])
+    coupling = next(l for l in new.flow.flow_layers if type(l).__name__ == "AffineCoupling")
+    assert not np.any(to_np(coupling.net.conv3.kernel)[..., 8:, :])  # new units unread at the start
+    new.compile(optimizer=tfflows.default_optimizer(1e-3, dims=new.dims))
+    before = float(np.mean(to_np(new.bits_per_dim(x))))
+    new.fit(x, epochs=5, batch_size=16, verbose=0)
+    after = float(np.mean(to_np(new.bits_per_dim(x))))
+    assert np.isfinite(after) and after < before
+    assert np.any(to_np(coupling.net.conv3.kernel)[..., 8:, :]), "the new units never reached the output"
+
+
+def test_widen_glow_rejects_models_it_cannot_map():
+    old, x = _trained_like()
+    with pytest.raises(ValueError, match=r"narrow from 8 to 4"):
+        grow.widen_glow(old, tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=4), sample=x[:2])
+    with pytest.raises(ValueError, match=r"same levels and steps"):
+        grow.widen_glow(old, tfflows.zoo.glow(preset="mnist-tiny", steps=3, hidden=16), sample=x[:2])
+    with pytest.raises(ValueError, match=r"differ beyond width"):
+        grow.widen_glow(old, tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=16, lu=False,
+                                              preprocess="center", learned_prior=False), sample=x[:2])
+
+
+def test_grow_command_widens(tmp_path, capsys):
+    src, x = _trained_like(steps=2, hidden=8)
+    src_path = str(tmp_path / "src.weights.h5")
+    training.save_inference_weights(src, src_path)
+    out = str(tmp_path / "wide.weights.h5")
+    with pytest.raises(SystemExit, match=r"--widen 8 must exceed the source width 8"):
+        grow.main(["--preset", "mnist-tiny", "--steps", "2", "--hidden", "8", "--from", src_path,
+                   "--widen", "8", "--out", out])
+    grow.main(["--preset", "mnist-tiny", "--steps", "2", "--hidden", "8", "--from", src_path,
+               "--widen", "12", "--out", out, "--limit", "50"])
+    printed = capsys.readouterr().out
+    assert "K=2 hidden=8" in printed and "K=2 hidden=12" in printed and "--hidden 12" in printed
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=12)
+    new.log_prob(x[:2])
+    new.load_weights(out)
+    np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(src.log_prob(x)), rtol=1e-6, atol=1e-3)

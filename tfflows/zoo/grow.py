@@ -1,4 +1,4 @@
-"""Deepen a trained Glow without changing the function it computes.
+"""Deepen or widen a trained Glow without changing the function it computes.
 
 `deepen_glow(old, new)` copies a trained zoo Glow with K steps per level
 into a zoo Glow with 2K steps per level, inserting one new step before
@@ -20,10 +20,20 @@ The new couplings then learn from zero while the trained ones keep
 going (net2net-style growth, Chen et al. 2016,
 https://arxiv.org/abs/1511.05641).
 
+`widen_glow(old, new)` copies it into a Glow with wider coupling nets
+(`hidden` H > h), again with the same density: each net's old units keep
+their weights; the new units of the first conv keep their random init;
+the second conv's new units read every unit (random init) but the old
+units do not read the new ones (zeros); the last conv does not read the
+new units (zeros). The new units' outputs therefore start at zero weight
+and get gradients from the first step (net2net's wider net, with zeros in
+place of Chen et al.'s replicated units).
+
 Command line (writes a `.weights.h5` for `tfflows train --steps 2K
---init-from FILE`):
+--init-from FILE`, or with `--widen H` for `tfflows train --hidden H`):
 
     python -m tfflows.zoo.grow --preset mnist --from pretrained --out grown.weights.h5
+    python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 160 --out wide.weights.h5
 """
 
 import argparse
@@ -148,40 +158,102 @@ def deepen_glow(old, new, sample=None):
     return new
 
 
+def widen_glow(old, new, sample=None):
+    """Copies trained Glow `old` into `new`, a Glow with the same levels and
+    steps and wider coupling nets (`hidden` larger), so that `new` computes
+    the same density. Built on `sample` if not built yet. Returns `new`."""
+    if sample is not None:
+        for m in (old, new):
+            m.log_prob(sample)
+    for m in (old, new):
+        if not m.flow.built:
+            raise ValueError(f"{m.name} is not built; pass sample=a batch of data.")
+    if old.needs_initialization:
+        raise ValueError(f"{old.name} has ActNorm layers that were never initialised: widen a trained "
+                         f"(or loaded) model, not a fresh one.")
+    if _steps_per_level(old) != _steps_per_level(new):
+        raise ValueError(f"widen_glow needs the same levels and steps: {_steps_per_level(old)} (levels, K) "
+                         f"vs {_steps_per_level(new)}.")
+    old_layers = {layer.name: layer for layer in old.flow.flow_layers}
+    for layer in new.flow.flow_layers:
+        src = old_layers.get(layer.name)
+        if src is None or type(src) is not type(layer):
+            raise ValueError(f"{old.name} has no layer {layer.name!r} of type {type(layer).__name__}: "
+                             f"the two models differ beyond width.")
+        if not (_STEP.match(layer.name) and layer.name.startswith("coupling")):
+            layer.set_weights(src.get_weights())
+            continue
+        h, wide = src.hidden, layer.hidden
+        if wide < h:
+            raise ValueError(f"widen_glow: {layer.name} would narrow from {h} to {wide} units.")
+        for attr in ("mask", "reverse", "scale"):
+            if getattr(layer, attr) != getattr(src, attr):
+                raise ValueError(f"{layer.name} differs in {attr}: {getattr(src, attr)!r} vs "
+                                 f"{getattr(layer, attr)!r}.")
+        o, n = src.net, layer.net
+        k1, b1 = (_np(v) for v in (n.conv1.kernel, n.conv1.bias))
+        k1[..., :h], b1[:h] = _np(o.conv1.kernel), _np(o.conv1.bias)
+        k2, b2 = (_np(v) for v in (n.conv2.kernel, n.conv2.bias))
+        k2[..., h:, :h] = 0.0  # the old units do not read the new ones
+        k2[..., :h, :h], b2[:h] = _np(o.conv2.kernel), _np(o.conv2.bias)
+        k3 = _np(n.conv3.kernel)
+        k3[..., :h, :] = _np(o.conv3.kernel)
+        k3[..., h:, :] = 0.0  # the output does not read the new units (yet)
+        for var, val in ((n.conv1.kernel, k1), (n.conv1.bias, b1), (n.conv2.kernel, k2), (n.conv2.bias, b2),
+                         (n.conv3.kernel, k3), (n.conv3.bias, _np(o.conv3.bias))):
+            var.assign(val.astype("float32"))
+        # Anything of the coupling's own beyond its net (e.g. RealNVP's scale factor): as is.
+        net_ids = {id(v) for v in n.weights}
+        own_new = [v for v in layer.weights if id(v) not in net_ids]
+        own_old = [v for v in src.weights if id(v) not in {id(w) for w in o.weights}]
+        for var, val in zip(own_new, own_old):
+            var.assign(_np(val).astype("float32"))
+    return new
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tfflows.zoo.grow", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mnist")
     p.add_argument("--from", dest="source", default="pretrained",
                    help="'pretrained' (the shipped weights) or a .weights.h5 file of the preset")
     p.add_argument("--steps", type=int, default=None, help="K of the source model (default: the preset's)")
+    p.add_argument("--hidden", type=int, default=None,
+                   help="coupling width of the source model (default: the preset's)")
+    p.add_argument("--widen", type=int, default=None, metavar="H",
+                   help="widen the coupling nets to H units (same depth) instead of doubling the depth")
     p.add_argument("--data", default="mnist", help="images to check the two models on (test split)")
     p.add_argument("--limit", type=int, default=500)
-    p.add_argument("--out", required=True, help="where to write the deepened model's .weights.h5")
+    p.add_argument("--out", required=True, help="where to write the grown model's .weights.h5")
     args = p.parse_args(argv)
 
     from tfflows import training
     from tfflows.zoo import builders
     from tfflows.zoo import data as zdata
 
-    old = builders.glow(preset=args.preset, steps=args.steps, pretrained=args.source == "pretrained")
+    old = builders.glow(preset=args.preset, steps=args.steps, hidden=args.hidden,
+                        pretrained=args.source == "pretrained")
     k = args.steps or builders.PRESETS["glow"][args.preset]["steps"]
-    new = builders.glow(preset=args.preset, steps=2 * k)
+    h = args.hidden or builders.PRESETS["glow"][args.preset]["hidden"]
+    if args.widen is not None and args.widen <= h:
+        raise SystemExit(f"tfflows.zoo.grow: --widen {args.widen} must exceed the source width {h}.")
+    k_new, h_new = (k, args.widen) if args.widen else (2 * k, h)
+    new = builders.glow(preset=args.preset, steps=k_new, hidden=h_new)
     images = zdata.load_arrays(args.data, "test", limit=args.limit)
     x = (images.astype("float32") + 0.5) / 256.0
     old.log_prob(x[:8])
     if args.source != "pretrained":
         old.load_weights(args.source)
-    deepen_glow(old, new, sample=x[:8])
+    (widen_glow if args.widen else deepen_glow)(old, new, sample=x[:8])
     a, b = (_np(m.bits_per_dim(x)) for m in (old, new))
     diff = np.abs(a - b).max()
-    print(f"bits/dim on {len(x)} test images (half-bin dequantization): K={k} {a.mean():.5f}, "
-          f"K={2 * k} {b.mean():.5f}; largest per-image difference {diff:.2e}")
+    print(f"bits/dim on {len(x)} test images (half-bin dequantization): K={k} hidden={h} {a.mean():.5f}, "
+          f"K={k_new} hidden={h_new} {b.mean():.5f}; largest per-image difference {diff:.2e}")
     if not diff < 1e-3:
-        raise SystemExit(f"tfflows.zoo.grow: the deepened model's bits/dim differ by up to "
+        raise SystemExit(f"tfflows.zoo.grow: the grown model's bits/dim differ by up to "
                          f"{diff:.2e} from the source's; nothing written.")
     training.save_inference_weights(new, args.out)
     print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
-          f"--steps {2 * k} --init-from {args.out}")
+          f"--steps {k_new} --hidden {h_new} --init-from {args.out}")
 
 
 if __name__ == "__main__":

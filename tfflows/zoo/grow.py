@@ -98,22 +98,28 @@ def _step_matrix(*layers):
     return out[:, 0, 0, :].T
 
 
-def deepen_glow(old, new, sample=None):
-    """Copies trained Glow `old` (K steps per level) into `new` (2K steps per
-    level, same levels, width and preprocessing), so that `new` computes the
-    same density. Both are `tfflows.zoo.glow()` models; they are built on
-    `sample` (a batch of data in [0, 1)) if not built yet. Returns `new`."""
+def _built_and_trained(old, new, sample, verb):
+    """Builds both models on `sample` (if given) and checks that they are
+    built and that `old`'s ActNorms hold trained (initialised) values."""
     if sample is not None:
         for m in (old, new):
             m.log_prob(sample)
     for m in (old, new):
         if not m.flow.built:
             raise ValueError(f"{m.name} is not built; pass sample=a batch of data.")
+    if old.needs_initialization:
+        raise ValueError(f"{old.name} has ActNorm layers that were never initialised: {verb} a trained "
+                         f"(or loaded) model, not a fresh one.")
+
+
+def deepen_glow(old, new, sample=None):
+    """Copies trained Glow `old` (K steps per level) into `new` (2K steps per
+    level, same levels, width and preprocessing), so that `new` computes the
+    same density. Both are `tfflows.zoo.glow()` models; they are built on
+    `sample` (a batch of data in [0, 1)) if not built yet. Returns `new`."""
     levels, k_old = _steps_per_level(old)
     levels_new, k_new = _steps_per_level(new)
-    if old.needs_initialization:
-        raise ValueError(f"{old.name} has ActNorm layers that were never initialised: deepen a trained "
-                         f"(or loaded) model, not a fresh one.")
+    _built_and_trained(old, new, sample, "deepen")
     if levels_new != levels or k_new != 2 * k_old:
         raise ValueError(f"deepen_glow needs a new model with {levels} levels of {2 * k_old} steps "
                          f"(twice {k_old}); got {levels_new} levels of {k_new}.")
@@ -162,15 +168,7 @@ def widen_glow(old, new, sample=None):
     """Copies trained Glow `old` into `new`, a Glow with the same levels and
     steps and wider coupling nets (`hidden` larger), so that `new` computes
     the same density. Built on `sample` if not built yet. Returns `new`."""
-    if sample is not None:
-        for m in (old, new):
-            m.log_prob(sample)
-    for m in (old, new):
-        if not m.flow.built:
-            raise ValueError(f"{m.name} is not built; pass sample=a batch of data.")
-    if old.needs_initialization:
-        raise ValueError(f"{old.name} has ActNorm layers that were never initialised: widen a trained "
-                         f"(or loaded) model, not a fresh one.")
+    _built_and_trained(old, new, sample, "widen")
     if _steps_per_level(old) != _steps_per_level(new):
         raise ValueError(f"widen_glow needs the same levels and steps: {_steps_per_level(old)} (levels, K) "
                          f"vs {_steps_per_level(new)}.")

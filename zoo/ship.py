@@ -44,11 +44,12 @@ def progress_text(e):
     rows, hours, rate = [], 0.0, None
     for i, st in enumerate(stages):
         hours += st["cpu_hours"]
-        gain = "-" if i == 0 else f"{stages[i - 1]['test_bpd'] - st['test_bpd']:+.4f}"
+        gain = rate_txt = "-"
         if i:
-            rate = (stages[i - 1]["test_bpd"] - st["test_bpd"]) / max(st["cpu_hours"], 1e-9)
-        rows.append(f"| {i + 1} | {st['cpu_hours']} | {hours:.2f} | {st['test_bpd']:.4f} | "
-                    f"{gain} | {'-' if i == 0 else f'{rate:.4f}'} |")
+            d = stages[i - 1]["test_bpd"] - st["test_bpd"]
+            rate = d / max(st["cpu_hours"], 1e-9)
+            gain, rate_txt = f"{d:+.4f}", f"{rate:.4f}"
+        rows.append(f"| {i + 1} | {st['cpu_hours']} | {hours:.2f} | {st['test_bpd']:.4f} | {gain} | {rate_txt} |")
     cur = e["test_bpd"]
     goals = [(f"the issue #11 target {TARGETS.get(e['model'])}", TARGETS.get(e["model"])),
              (f"the published {PUBLISHED.get(e['model'])}", PUBLISHED.get(e["model"]))]
@@ -112,8 +113,9 @@ def check_shippable(cfg, key):
     if key != want:
         raise SystemExit(f"ship.py: --key {key!r} does not match the run's model and preset ({want!r}).")
     preset = builders.PRESETS[cfg["model"]][cfg["preset"]]
-    changed = {k: (preset.get(k, "builder default"), v) for k, v in cfg.get("overrides", {}).items()
-               if list(builders._as_list(preset.get(k, "builder default"))) != list(builders._as_list(v))}
+    # The comparison load_pretrained makes, of what ship records against the preset.
+    changed = builders.architecture_mismatch(preset, {**preset, **cfg.get("overrides", {})},
+                                             missing="builder default")
     if changed:
         raise SystemExit(
             f"ship.py: the run changes the {cfg['preset']!r} preset "

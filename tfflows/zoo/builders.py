@@ -249,11 +249,7 @@ def load_pretrained(model, key, config=None, weights_dir=None):
     path = verified_weights_path(key, weights_dir)
     arch = entry.get("architecture")
     if arch and config:
-        # A key on one side only (e.g. glow's optional `alpha`) means that
-        # side used the builder's default: a mismatch when the other set it.
-        keys = (set(arch) | set(config)) - {"n_bits"}
-        mismatch = {k: (arch.get(k, "default"), config.get(k, "default")) for k in sorted(keys)
-                    if list(_as_list(arch.get(k, "default"))) != list(_as_list(config.get(k, "default")))}
+        mismatch = architecture_mismatch(arch, config)
         if mismatch:
             raise WeightsError(
                 f"Pretrained {key!r} weights were trained with a different architecture: "
@@ -262,6 +258,17 @@ def load_pretrained(model, key, config=None, weights_dir=None):
             )
     model.load_weights(path)
     return model
+
+
+def architecture_mismatch(a, b, missing="default"):
+    """`{key: (a's value, b's value)}` for every architecture key (but
+    `n_bits`, which the weights do not depend on) where two architecture
+    dicts differ. A key on one side only (e.g. glow's optional `alpha`) means
+    that side used the builder's default, shown as `missing`: a mismatch
+    when the other side set it. Lists and tuples compare equal."""
+    keys = (set(a) | set(b)) - {"n_bits"}
+    return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(keys)
+            if list(_as_list(a.get(k, missing))) != list(_as_list(b.get(k, missing)))}
 
 
 def _as_list(v):

@@ -169,9 +169,10 @@ def widen_glow(old, new, sample=None):
     steps and wider coupling nets (`hidden` larger), so that `new` computes
     the same density. Built on `sample` if not built yet. Returns `new`."""
     _built_and_trained(old, new, sample, "widen")
-    if _steps_per_level(old) != _steps_per_level(new):
-        raise ValueError(f"widen_glow needs the same levels and steps: {_steps_per_level(old)} (levels, K) "
-                         f"vs {_steps_per_level(new)}.")
+    shape_old, shape_new = _steps_per_level(old), _steps_per_level(new)
+    if shape_old != shape_new:
+        raise ValueError(f"widen_glow needs the same levels and steps: {shape_old} (levels, K) "
+                         f"vs {shape_new}.")
     old_layers = {layer.name: layer for layer in old.flow.flow_layers}
     for layer in new.flow.flow_layers:
         src = old_layers.get(layer.name)
@@ -201,9 +202,9 @@ def widen_glow(old, new, sample=None):
                          (n.conv3.kernel, k3), (n.conv3.bias, _np(o.conv3.bias))):
             var.assign(val.astype("float32"))
         # Anything of the coupling's own beyond its net (e.g. RealNVP's scale factor): as is.
-        net_ids = {id(v) for v in n.weights}
-        own_new = [v for v in layer.weights if id(v) not in net_ids]
-        own_old = [v for v in src.weights if id(v) not in {id(w) for w in o.weights}]
+        new_net, old_net = {id(v) for v in n.weights}, {id(v) for v in o.weights}
+        own_new = [v for v in layer.weights if id(v) not in new_net]
+        own_old = [v for v in src.weights if id(v) not in old_net]
         for var, val in zip(own_new, own_old):
             var.assign(_np(val).astype("float32"))
     return new

@@ -162,3 +162,16 @@ def test_model_card_progress_projects_from_the_last_stage():
     assert "target 1.15 is met" in ship.progress_text(e)
     e["stages"][-1]["test_bpd"] = None  # stages shipped before per-stage figures: no table
     assert ship.progress_text(e) == ""
+
+
+def test_curve_plot_shows_live_weights_beside_the_ema(tmp_path):
+    ship = _ship_module()
+    curve = [dict(minutes=0.0, step=0, test_bpd=6.8), dict(minutes=5.0, step=100, test_bpd=8.3),
+             dict(minutes=10.0, step=200, test_bpd=1.5)]
+    labels = ship.plot_curve(curve, str(tmp_path / "plain.png"), "t")
+    assert "tfflows" in labels and not any("live" in lab for lab in labels)
+    # A run with --ema records the live weights too: the EMA lags them early on.
+    curve = [curve[0]] + [dict(c, test_bpd_live=1.6) for c in curve[1:]]
+    labels = ship.plot_curve(curve, str(tmp_path / "ema.png"), "t")
+    assert {"tfflows (EMA weights)", "tfflows (live weights)"} <= set(labels)
+    assert os.path.getsize(tmp_path / "ema.png") > 0

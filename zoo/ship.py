@@ -83,13 +83,20 @@ def curve_at(curve, minutes):
 
 
 def plot_curve(curve, path, title):
+    """Writes the learning-curve PNG (with normflows' points for comparison) and
+    returns the plotted lines' labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([c["minutes"] for c in curve], [c["test_bpd"] for c in curve], "o-", ms=3, label="tfflows")
+    ax.plot([c["minutes"] for c in curve], [c["test_bpd"] for c in curve], "o-", ms=3,
+            label="tfflows (EMA weights)" if any("test_bpd_live" in c for c in curve) else "tfflows")
+    live = [c for c in curve if "test_bpd_live" in c]
+    if live:  # the weights being trained, which the EMA lags early in a run
+        ax.plot([c["minutes"] for c in live], [c["test_bpd_live"] for c in live], ".:", ms=3,
+                label="tfflows (live weights)")
     for name, pts in NORMFLOWS.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "x--", label=f"normflows Glow {name}")
     ax.set_xlabel("training minutes (2 CPU cores)")
@@ -101,7 +108,9 @@ def plot_curve(curve, path, title):
     ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    labels = [line.get_label() for line in ax.get_lines()]
     plt.close(fig)
+    return labels
 
 
 def check_shippable(cfg, key):

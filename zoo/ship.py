@@ -91,9 +91,9 @@ def plot_curve(curve, path, title):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([c["minutes"] for c in curve], [c["test_bpd"] for c in curve], "o-", ms=3,
-            label="tfflows (EMA weights)" if any("test_bpd_live" in c for c in curve) else "tfflows")
     live = [c for c in curve if "test_bpd_live" in c]
+    ax.plot([c["minutes"] for c in curve], [c["test_bpd"] for c in curve], "o-", ms=3,
+            label="tfflows (EMA weights)" if live else "tfflows")
     if live:  # the weights being trained, which the EMA lags early in a run
         ax.plot([c["minutes"] for c in live], [c["test_bpd_live"] for c in live], ".:", ms=3,
                 label="tfflows (live weights)")

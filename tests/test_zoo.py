@@ -164,6 +164,20 @@ def test_model_card_progress_projects_from_the_last_stage():
     assert ship.progress_text(e) == ""
 
 
+def test_model_card_projects_a_cooldown_stage_together_with_the_stage_it_anneals():
+    ship = _ship_module()
+    stage = lambda h, b, **k: dict(cpu_hours=h, test_bpd=b, **k)  # noqa: E731
+    e = {"model": "glow", "test_bpd": 1.17,
+         "stages": [stage(3.0, 1.30), stage(3.0, 1.18), stage(1.0, 1.17, cooldown=True)]}
+    text = ship.progress_text(e)
+    assert "| 3 | 1.0 | 7.00 | 1.1700 | +0.0100 | 0.0100 |" in text  # the table still shows each stage
+    # stages 2 and 3 together, from stage 1's figure: (1.30 - 1.17) / (3.0 + 1.0) = 0.0325 per CPU-hour
+    assert "stages 2 and 3 together" in text and "(0.0325 bits/dim per CPU-hour; stage 3 is a cooldown" in text
+    assert "target 1.15 needs at least 1 more CPU-hours" in text  # 0.02 / 0.0325 = 0.6
+    e["stages"][-1].pop("cooldown")
+    assert "At the last stage's rate (0.0100 bits/dim per CPU-hour)" in ship.progress_text(e)
+
+
 def test_curve_plot_shows_live_weights_beside_the_ema(tmp_path):
     ship = _ship_module()
     curve = [dict(minutes=0.0, step=0, test_bpd=6.8), dict(minutes=5.0, step=100, test_bpd=8.3),

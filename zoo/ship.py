@@ -50,6 +50,14 @@ def progress_text(e):
             rate = d / max(st["cpu_hours"], 1e-9)
             gain, rate_txt = f"{d:+.4f}", f"{rate:.4f}"
         rows.append(f"| {i + 1} | {st['cpu_hours']} | {hours:.2f} | {st['test_bpd']:.4f} | {gain} | {rate_txt} |")
+    basis, why = "the last stage's rate", ""
+    if len(stages) >= 3 and stages[-1].get("cooldown"):
+        # A cooldown stage only anneals what the stage before it trained: its gain per
+        # CPU-hour alone overstates the rate, so project from the two stages together.
+        d = stages[-3]["test_bpd"] - stages[-1]["test_bpd"]
+        rate = d / max(stages[-2]["cpu_hours"] + stages[-1]["cpu_hours"], 1e-9)
+        basis = f"the rate of stages {len(stages) - 1} and {len(stages)} together"
+        why = f"; stage {len(stages)} is a cooldown of stage {len(stages) - 1}'s weights"
     cur = e["test_bpd"]
     goals = [(f"the issue #11 target {TARGETS.get(e['model'])}", TARGETS.get(e["model"])),
              (f"the published {PUBLISHED.get(e['model'])}", PUBLISHED.get(e["model"]))]
@@ -68,7 +76,7 @@ def progress_text(e):
     text = ("Test bits/dim (10k test set) after each stage; a stage's gain is over the stage before it:\n\n"
             + table + "\n\n")
     if ahead:
-        text += (f"At the last stage's rate ({rate:.4f} bits/dim per CPU-hour), " + "; ".join(ahead)
+        text += (f"At {basis} ({rate:.4f} bits/dim per CPU-hour{why}), " + "; ".join(ahead)
                  + ". Gains per CPU-hour usually shrink as a model improves, so read these as lower "
                  "bounds, not forecasts.")
     return text
@@ -149,6 +157,9 @@ def main():
     p.add_argument("--continues", action="store_true",
                    help="the run started from the shipped weights of --key (--init-from): add "
                         "its steps, minutes and curve to the shipped stage(s) before it")
+    p.add_argument("--cooldown", action="store_true",
+                   help="with --continues: the run is a short decay to a low learning rate from the shipped "
+                        "weights (a cooldown branch); the card projects from it and the stage before together")
     args = p.parse_args()
 
     with open(os.path.join(args.run, "config.json")) as f:
@@ -181,6 +192,10 @@ def main():
                              decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype),
                  date=datetime.date.today().isoformat(), hardware=args.hardware_note,
                  test_bpd=round(mean, 4))
+    if args.cooldown:
+        if not args.continues:
+            raise SystemExit("ship.py: --cooldown needs --continues (a cooldown continues a shipped stage).")
+        stage["cooldown"] = True
     stages = [stage]
     if args.continues:
         prev = manifest[args.key]

@@ -161,6 +161,8 @@ def main():
                    help="with --continues: the run is a short decay to a low learning rate from the shipped "
                         "weights (a cooldown branch); the card projects from it and the stage before together")
     args = p.parse_args()
+    if args.cooldown and not args.continues:  # before the slow evaluation
+        p.error("--cooldown needs --continues (a cooldown continues a shipped stage)")
 
     with open(os.path.join(args.run, "config.json")) as f:
         cfg = json.load(f)
@@ -193,8 +195,6 @@ def main():
                  date=datetime.date.today().isoformat(), hardware=args.hardware_note,
                  test_bpd=round(mean, 4))
     if args.cooldown:
-        if not args.continues:
-            raise SystemExit("ship.py: --cooldown needs --continues (a cooldown continues a shipped stage).")
         stage["cooldown"] = True
     stages = [stage]
     if args.continues:

@@ -189,3 +189,25 @@ def test_curve_plot_shows_live_weights_beside_the_ema(tmp_path):
     labels = ship.plot_curve(curve, str(tmp_path / "ema.png"), "t")
     assert {"tfflows (EMA weights)", "tfflows (live weights)"} <= set(labels)
     assert os.path.getsize(tmp_path / "ema.png") > 0
+
+
+def test_draw_outliers_name_the_images_one_noise_draw_scores_far_worse():
+    ship = _ship_module()
+    rng = np.random.default_rng(0)
+    by_draw = 1.15 + 0.01 * rng.standard_normal((4, 1000))
+    assert ship.draw_outliers(by_draw) == []
+    by_draw[2, 17] += 40.0  # one image blows up under the third draw only
+    by_draw[2, 900] += 3.0
+    (line,) = ship.draw_outliers(by_draw)
+    assert line.startswith("draw 2: 2 image(s)")
+    assert line.index("17: 41.") < line.index("900: 4.")  # worst first
+    assert "adding 0.0430" in line  # (40 + 3) / 1000 images, to the draw's mean
+
+
+def test_evaluate_bpd_summarises_the_per_image_per_draw_scores():
+    from tfflows import training
+
+    by_draw = np.array([[1.0, 2.0, 3.0], [1.5, 2.5, 5.5]])
+    mean, se, per_draw = training.summarize_bpd(by_draw)
+    assert mean == pytest.approx(7.75 / 3) and per_draw == pytest.approx([2.0, 3.166667])
+    assert se == pytest.approx(np.std([1.25, 2.25, 4.25], ddof=1) / np.sqrt(3))

@@ -236,27 +236,40 @@ class TrainState(keras.callbacks.Callback):
         return self.state
 
 
-def evaluate_bpd(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8):
-    """Test bits/dim averaged over `draws` of the uniform dequantization noise.
+def bpd_per_draw(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8):
+    """Bits/dim of every image under each of `draws` uniform dequantization draws.
 
-    Returns `(mean, stderr, per_draw_means)`; the standard error is over
-    images of the per-image bits/dim averaged over the draws.
+    Returns a float64 array of shape `(draws, n_images)`; the noise comes from
+    `numpy.random.default_rng(seed)`, one draw of the whole set after another.
     """
     images = np.asarray(images_u8)
     if images.ndim == 3:
         images = images[..., None]
     shift = 8 - n_bits
     k = (images.astype(np.int32) >> shift).astype(np.float32)
-    per_image = np.zeros(images.shape[0], dtype=np.float64)
-    means = []
     rng = np.random.default_rng(seed)
-    for _ in range(draws):
+    out = np.zeros((draws, images.shape[0]), dtype=np.float64)
+    for d in range(draws):
         x = (k + rng.random(k.shape, dtype=np.float32)) / float(2 ** n_bits)
-        out = np.concatenate([
+        out[d] = np.concatenate([
             np.asarray(keras.ops.convert_to_numpy(model.bits_per_dim(x[i:i + batch_size])))
             for i in range(0, x.shape[0], batch_size)
         ])
-        per_image += out / draws
-        means.append(float(np.mean(out)))
-    stderr = float(np.std(per_image, ddof=1) / np.sqrt(len(per_image))) if len(per_image) > 1 else 0.0
-    return float(np.mean(per_image)), stderr, means
+    return out
+
+
+def evaluate_bpd(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8):
+    """Test bits/dim averaged over `draws` of the uniform dequantization noise.
+
+    Returns `(mean, stderr, per_draw_means)`; the standard error is over
+    images of the per-image bits/dim averaged over the draws.
+    """
+    return summarize_bpd(bpd_per_draw(model, images_u8, draws, batch_size, seed, n_bits))
+
+
+def summarize_bpd(per_draw):
+    """`(mean, stderr, per_draw_means)` of a `(draws, n_images)` array from `bpd_per_draw`."""
+    per_image = per_draw.mean(axis=0)
+    n = per_image.shape[0]
+    stderr = float(np.std(per_image, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return float(np.mean(per_image)), stderr, [float(m) for m in per_draw.mean(axis=1)]

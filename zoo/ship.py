@@ -141,6 +141,24 @@ def check_shippable(cfg, key):
             f"Update builders.PRESETS to the run's architecture first, or ship it under a new preset.")
 
 
+def draw_outliers(by_draw, threshold=0.5, top=5):
+    """Lines naming the test images that one noise draw scores far worse than the others.
+
+    `by_draw` is `(draws, n_images)` bits/dim; an image is an outlier in a draw when it
+    scores more than `threshold` bits/dim above its median over all draws.
+    """
+    excess = by_draw - np.median(by_draw, axis=0)
+    lines = []
+    for d, row in enumerate(excess):
+        idx = np.flatnonzero(row > threshold)
+        if idx.size:
+            worst = idx[np.argsort(-row[idx])][:top]
+            lines.append(f"draw {d}: {idx.size} image(s) > {threshold} bits/dim above their median, adding "
+                         f"{row[idx].sum() / by_draw.shape[1]:.4f} to the draw's mean; worst (test index: bpd, median): "
+                         + ", ".join(f"{i}: {by_draw[d, i]:.2f}, {by_draw[d, i] - row[i]:.2f}" for i in worst))
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--run", required=True)
@@ -173,7 +191,10 @@ def main():
     model.load_weights(os.path.join(args.run, "model.weights.h5"))
 
     test = zdata.load_arrays(args.data, "test")
-    mean, se, per_draw = training.evaluate_bpd(model, test, draws=args.draws, seed=1234)
+    by_draw = training.bpd_per_draw(model, test, draws=args.draws, seed=1234)
+    mean, se, per_draw = training.summarize_bpd(by_draw)
+    for line in draw_outliers(by_draw):
+        print(f"{args.key}: {line}")
     emb = zdata.load_arrays("mnist", "test", limit=500)
     bpd500, se500, _ = training.evaluate_bpd(model, emb, draws=4, seed=1234)
     print(f"{args.key}: test bpd {mean:.4f} ± {se:.4f} ({args.draws} draws {per_draw}); "

@@ -211,3 +211,23 @@ def test_evaluate_bpd_summarises_the_per_image_per_draw_scores():
     mean, se, per_draw = training.summarize_bpd(by_draw)
     assert mean == pytest.approx(7.75 / 3) and per_draw == pytest.approx([2.0, 3.166667])
     assert se == pytest.approx(np.std([1.25, 2.25, 4.25], ddof=1) / np.sqrt(3))
+
+
+def test_a_resumed_trunk_counts_only_what_it_trained_after_the_shipped_stage():
+    ship = _ship_module()
+    # stage 6: a trunk run stopped at step 8449 (recorded before run_step existed); stage 7 a cooldown of it
+    stages = [dict(steps=500, minutes=9.0), dict(steps=8449, minutes=103.7), dict(steps=2292, minutes=28.0, cooldown=True)]
+    assert ship.resume_point(stages) == (8449, 103.7)
+    stages.append(dict(steps=6000, minutes=80.0, run_step=14449, run_minutes=183.7))
+    assert ship.resume_point(stages + [dict(steps=10, minutes=1.0, cooldown=True)]) == (14449, 183.7)
+    with pytest.raises(ValueError, match="no shipped trunk stage"):
+        ship.resume_point([dict(steps=1, minutes=1.0, cooldown=True)])
+    # the resumed run's metrics carry its whole history from step 0
+    metrics = dict(step=16449, train_minutes=213.7, curve=[
+        dict(step=0, minutes=0.0, test_bpd=1.20), dict(step=8307, minutes=101.4, test_bpd=1.153),
+        dict(step=9117, minutes=114.2, test_bpd=1.152), dict(step=16449, minutes=213.7, test_bpd=1.150)])
+    steps, minutes, curve = ship.stage_span(metrics, 14449, 183.7)
+    assert steps == 2000 and minutes == pytest.approx(30.0)
+    assert [(c["step"], round(c["minutes"], 6)) for c in curve] == [(2000, 30.0)]
+    steps, minutes, curve = ship.stage_span(metrics)  # a run from step 0 is all new
+    assert steps == 16449 and len(curve) == 4 and curve[0]["step"] == 0

@@ -1,7 +1,7 @@
 """Ships a `tfflows train` run as pretrained weights with a model card.
 
     python zoo/ship.py --run RUN_DIR --key glow-mnist --data ../shared/data/mnist.npz \
-        --command "tfflows train ..." [--draws 4]
+        --command "tfflows train ..." [--draws 4] [--continues [--cooldown | --resumed]]
 
 Evaluates the run on the full test split (`--draws` dequantization draws),
 copies the weights into `tfflows/zoo/weights/`, records sha256, bits/dim,
@@ -141,6 +141,29 @@ def check_shippable(cfg, key):
             f"Update builders.PRESETS to the run's architecture first, or ship it under a new preset.")
 
 
+def resume_point(stages):
+    """`(run step, run minutes)` at which the last trunk stage (not a cooldown) stopped.
+
+    A run resumed (`tfflows train --resume`) from that stage's checkpoint carries its
+    steps, minutes and curve from step 0 of the run; only what comes after this point
+    is a new stage. Stages shipped before `run_step` was recorded started their run at
+    step 0, so their own steps and minutes are the run's.
+    """
+    trunk = [st for st in stages if not st.get("cooldown")]
+    if not trunk:
+        raise ValueError("no shipped trunk stage to resume")
+    st = trunk[-1]
+    return st.get("run_step", st["steps"]), st.get("run_minutes", st["minutes"])
+
+
+def stage_span(metrics, base_step=0, base_min=0.0):
+    """`(steps, minutes, curve)` of a run after its point `(base_step, base_min)`, the curve's
+    steps and minutes counted from that point (see `resume_point`)."""
+    curve = [dict(c, minutes=c["minutes"] - base_min, step=c["step"] - base_step)
+             for c in metrics["curve"] if c["step"] >= base_step]
+    return int(metrics["step"]) - base_step, metrics["train_minutes"] - base_min, curve
+
+
 def draw_outliers(by_draw, threshold=0.5, top=5):
     """Lines naming the test images that one noise draw scores far worse than the others.
 
@@ -175,18 +198,28 @@ def main():
     p.add_argument("--continues", action="store_true",
                    help="the run started from the shipped weights of --key (--init-from): add "
                         "its steps, minutes and curve to the shipped stage(s) before it")
+    p.add_argument("--resumed", action="store_true",
+                   help="with --continues: the run resumed (--resume) the checkpoint at which the last shipped "
+                        "trunk stage stopped; count only its steps, minutes and curve after that point")
     p.add_argument("--cooldown", action="store_true",
                    help="with --continues: the run is a short decay to a low learning rate from the shipped "
                         "weights (a cooldown branch); the card projects from it and the stage before together")
     args = p.parse_args()
     if args.cooldown and not args.continues:  # before the slow evaluation
         p.error("--cooldown needs --continues (a cooldown continues a shipped stage)")
+    if args.resumed and (args.cooldown or not args.continues):
+        p.error("--resumed needs --continues and not --cooldown (it continues the last shipped trunk stage)")
 
     with open(os.path.join(args.run, "config.json")) as f:
         cfg = json.load(f)
     with open(os.path.join(args.run, "metrics.json")) as f:
         metrics = json.load(f)
     check_shippable(cfg, args.key)  # before anything is evaluated or overwritten
+    base_step, base_min = 0, 0.0
+    if args.resumed:
+        base_step, base_min = resume_point(builders.read_manifest()[args.key].get("stages") or [])
+        if metrics["step"] <= base_step:
+            p.error(f"--resumed: the run is at step {metrics['step']}, not past the shipped trunk's step {base_step}")
     model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
     model.load_weights(os.path.join(args.run, "model.weights.h5"))
 
@@ -206,11 +239,11 @@ def main():
     training.save_inference_weights(model, dest)  # weights only, no optimizer state
     manifest = builders.read_manifest()
     card_dir = os.path.join(ROOT, "zoo", args.key)
-    curve = list(metrics["curve"])
+    steps, minutes, curve = stage_span(metrics, base_step, base_min)
     dtype = cfg.get("dtype", "float32")  # runs from before --dtype were float32
-    stage = dict(command=args.command, steps=int(metrics["step"]), minutes=round(metrics["train_minutes"], 1),
-                 cpu_hours=round(args.cpu_hours if args.cpu_hours is not None
-                                 else args.cores * metrics["train_minutes"] / 60.0, 2), cores=args.cores,
+    stage = dict(command=args.command, steps=steps, minutes=round(minutes, 1),
+                 cpu_hours=round(args.cpu_hours if args.cpu_hours is not None else args.cores * minutes / 60.0, 2),
+                 cores=args.cores, run_step=int(metrics["step"]), run_minutes=round(metrics["train_minutes"], 3),
                  recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
                              decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype),
                  date=datetime.date.today().isoformat(), hardware=args.hardware_note,

@@ -215,9 +215,10 @@ def main():
     with open(os.path.join(args.run, "metrics.json")) as f:
         metrics = json.load(f)
     check_shippable(cfg, args.key)  # before anything is evaluated or overwritten
+    manifest = builders.read_manifest()
     base_step, base_min = 0, 0.0
     if args.resumed:
-        base_step, base_min = resume_point(builders.read_manifest()[args.key].get("stages") or [])
+        base_step, base_min = resume_point(manifest[args.key].get("stages") or [])
         if metrics["step"] <= base_step:
             p.error(f"--resumed: the run is at step {metrics['step']}, not past the shipped trunk's step {base_step}")
     model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
@@ -237,7 +238,6 @@ def main():
     fname = f"{args.key}.weights.h5"
     dest = os.path.join(builders.WEIGHTS_DIR, fname)
     training.save_inference_weights(model, dest)  # weights only, no optimizer state
-    manifest = builders.read_manifest()
     card_dir = os.path.join(ROOT, "zoo", args.key)
     steps, minutes, curve = stage_span(metrics, base_step, base_min)
     dtype = cfg.get("dtype", "float32")  # runs from before --dtype were float32

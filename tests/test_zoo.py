@@ -153,8 +153,8 @@ def test_model_card_progress_projects_from_the_last_stage():
     stage = lambda h, b: {"cpu_hours": h, "test_bpd": b}  # noqa: E731
     e = {"model": "glow", "test_bpd": 1.19, "stages": [stage(3.0, 1.30), stage(2.0, 1.21), stage(1.0, 1.19)]}
     text = ship.progress_text(e)
-    assert "| 2 | 2.0 | 5.00 | 1.2100 | +0.0900 | 0.0450 |" in text
-    assert "| 3 | 1.0 | 6.00 | 1.1900 | +0.0200 | 0.0200 |" in text
+    assert "| 2 | 2.0 | 5.00 | 1.2100 | +0.0900 | 1 | 0.0450 |" in text
+    assert "| 3 | 1.0 | 6.00 | 1.1900 | +0.0200 | 2 | 0.0200 |" in text
     # at 0.02 per CPU-hour: (1.19 - 1.15) / 0.02 = 2 and (1.19 - 1.05) / 0.02 = 7
     assert "target 1.15 needs at least 2 more CPU-hours" in text
     assert "published 1.05 needs at least 7 more CPU-hours" in text
@@ -170,12 +170,29 @@ def test_model_card_projects_a_cooldown_stage_together_with_the_stage_it_anneals
     e = {"model": "glow", "test_bpd": 1.17,
          "stages": [stage(3.0, 1.30), stage(3.0, 1.18), stage(1.0, 1.17, cooldown=True)]}
     text = ship.progress_text(e)
-    assert "| 3 | 1.0 | 7.00 | 1.1700 | +0.0100 | 0.0100 |" in text  # the table still shows each stage
+    assert "| 3 | 1.0 | 7.00 | 1.1700 | +0.0100 | 2 | 0.0100 |" in text  # the table still shows each stage
     # stages 2 and 3 together, from stage 1's figure: (1.30 - 1.17) / (3.0 + 1.0) = 0.0325 per CPU-hour
     assert "stages 2 and 3 together" in text and "(0.0325 bits/dim per CPU-hour; stage 3 is a cooldown" in text
     assert "target 1.15 needs at least 1 more CPU-hours" in text  # 0.02 / 0.0325 = 0.6
     e["stages"][-1].pop("cooldown")
     assert "At the last stage's rate (0.0100 bits/dim per CPU-hour)" in ship.progress_text(e)
+
+
+def test_model_card_counts_a_resumed_trunk_stage_over_the_trunk_stage_it_continues():
+    ship = _ship_module()
+    stage = lambda h, b, s, **k: dict(cpu_hours=h, test_bpd=b, steps=s, **k)  # noqa: E731
+    stages = [stage(4.0, 1.178, 12000),                                  # 1: a trunk from step 0
+              stage(3.5, 1.179, 8449, run_step=8449),                   # 2: a fresh trunk
+              stage(0.9, 1.174, 2292, cooldown=True),                   # 3: its cooldown branch
+              stage(2.9, 1.173, 6700, run_step=15149),                  # 4: trunk 2 resumed
+              stage(0.9, 1.1726, 2636, run_step=2636, cooldown=True)]   # 5: its cooldown branch
+    assert [ship.base_stage(stages, i) for i in range(1, 5)] == [0, 1, 1, 3]
+    text = ship.progress_text({"model": "glow", "test_bpd": 1.1726, "stages": stages})
+    assert "| 4 | 2.9 | 11.30 | 1.1730 | +0.0060 | 2 | 0.0021 |" in text  # 1.179 - 1.173, not 1.174 - 1.173
+    assert "| 5 | 0.9 | 12.20 | 1.1726 | +0.0004 | 4 | 0.0004 |" in text
+    # the projection still runs shipped figure to shipped figure: (1.174 - 1.1726) / (2.9 + 0.9)
+    assert "(0.0004 bits/dim per CPU-hour; stage 5 is a cooldown of stage 4's weights, and the pair is " \
+           "counted from stage 3's figure)" in text
 
 
 def test_curve_plot_shows_live_weights_beside_the_ema(tmp_path):

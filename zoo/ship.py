@@ -33,23 +33,39 @@ PUBLISHED = {"glow": 1.05, "realnvp": 1.06, "nice": None}
 TARGETS = {"glow": 1.15, "realnvp": 1.25}  # issue #11, full 10k test set
 
 
+def base_stage(stages, i):
+    """Index of the stage whose weights stage `i` starts from: the one before it,
+    except for a resumed trunk run (`run_step` past its own `steps`), which
+    continues the last non-cooldown stage."""
+    st = stages[i]
+    if not st.get("cooldown") and st.get("run_step", 0) > st.get("steps", 0):
+        for j in range(i - 1, -1, -1):
+            if not stages[j].get("cooldown"):
+                return j
+    return i - 1
+
+
 def progress_text(e):
     """Markdown: the 10k-test bits/dim after each stage, what each later stage
     gained per CPU-hour, and how many more CPU-hours the target and the
     published figure would take at the last rate (a lower bound where gains
-    shrink as training goes on). `''` when the stages carry no test figures."""
+    shrink as training goes on). A resumed trunk stage's gain is counted over the
+    trunk stage it continues, not over the cooldown branch shipped between them.
+    `''` when the stages carry no test figures."""
     stages = e.get("stages") or []
     if len(stages) < 2 or any(st.get("test_bpd") is None for st in stages):
         return ""
     rows, hours, rate = [], 0.0, None
     for i, st in enumerate(stages):
         hours += st["cpu_hours"]
-        gain = rate_txt = "-"
+        gain = over = rate_txt = "-"
         if i:
-            d = stages[i - 1]["test_bpd"] - st["test_bpd"]
+            j = base_stage(stages, i)
+            d = stages[j]["test_bpd"] - st["test_bpd"]
             rate = d / max(st["cpu_hours"], 1e-9)
-            gain, rate_txt = f"{d:+.4f}", f"{rate:.4f}"
-        rows.append(f"| {i + 1} | {st['cpu_hours']} | {hours:.2f} | {st['test_bpd']:.4f} | {gain} | {rate_txt} |")
+            gain, over, rate_txt = f"{d:+.4f}", str(j + 1), f"{rate:.4f}"
+        rows.append(f"| {i + 1} | {st['cpu_hours']} | {hours:.2f} | {st['test_bpd']:.4f} | {gain} | {over} "
+                    f"| {rate_txt} |")
     basis, why = "the last stage's rate", ""
     if len(stages) >= 3 and stages[-1].get("cooldown"):
         # A cooldown stage only anneals what the stage before it trained: its gain per
@@ -57,7 +73,8 @@ def progress_text(e):
         d = stages[-3]["test_bpd"] - stages[-1]["test_bpd"]
         rate = d / max(stages[-2]["cpu_hours"] + stages[-1]["cpu_hours"], 1e-9)
         basis = f"the rate of stages {len(stages) - 1} and {len(stages)} together"
-        why = f"; stage {len(stages)} is a cooldown of stage {len(stages) - 1}'s weights"
+        why = (f"; stage {len(stages)} is a cooldown of stage {len(stages) - 1}'s weights, and the pair is "
+               f"counted from stage {len(stages) - 2}'s figure")
     cur = e["test_bpd"]
     goals = [(f"the issue #11 target {TARGETS.get(e['model'])}", TARGETS.get(e["model"])),
              (f"the published {PUBLISHED.get(e['model'])}", PUBLISHED.get(e["model"]))]
@@ -71,9 +88,10 @@ def progress_text(e):
             ahead.append(f"{name} needs at least {(cur - goal) / rate:.0f} more CPU-hours")
         else:
             ahead.append(f"{name} is not reached at that rate")
-    table = "\n".join(["| stage | CPU-hours | total CPU-hours | test bits/dim | gain | gain per CPU-hour |",
-                       "| --- | --- | --- | --- | --- | --- |"] + rows)
-    text = ("Test bits/dim (10k test set) after each stage; a stage's gain is over the stage before it:\n\n"
+    table = "\n".join(["| stage | CPU-hours | total CPU-hours | test bits/dim | gain | over stage "
+                        "| gain per CPU-hour |", "| --- | --- | --- | --- | --- | --- | --- |"] + rows)
+    text = ("Test bits/dim (10k test set) after each stage; a stage's gain is over the stage it starts from "
+            "(a resumed trunk continues the last trunk stage, not the cooldown shipped after it):\n\n"
             + table + "\n\n")
     if ahead:
         text += (f"At {basis} ({rate:.4f} bits/dim per CPU-hour{why}), " + "; ".join(ahead)

@@ -359,7 +359,9 @@ def write_card(card_dir, args, e, curve, model):
 ## Reproduce
 
 Training ran in {len(e['stages'])} stage(s); each later stage starts from the weights the one before
-it wrote (`--init-from RUN/model.weights.h5`, the same weights that were shipped):
+it wrote (`--init-from RUN/model.weights.h5`, the same weights that were shipped), except a trunk
+run resumed with `--resume`, which continues its own last checkpoint (the progress table names the
+stage each one starts from):
 
 ```sh
 {chr(10).join(st['command'] for st in e['stages'])}

@@ -39,10 +39,15 @@ def base_stage(stages, i):
     continues the last non-cooldown stage."""
     st = stages[i]
     if not st.get("cooldown") and st.get("run_step", 0) > st.get("steps", 0):
-        for j in range(i - 1, -1, -1):
-            if not stages[j].get("cooldown"):
-                return j
+        j = last_trunk(stages[:i])
+        if j is not None:
+            return j
     return i - 1
+
+
+def last_trunk(stages):
+    """Index of the last stage in `stages` that is not a cooldown branch, or None."""
+    return next((j for j in range(len(stages) - 1, -1, -1) if not stages[j].get("cooldown")), None)
 
 
 def progress_text(e):
@@ -167,10 +172,10 @@ def resume_point(stages):
     is a new stage. Stages shipped before `run_step` was recorded started their run at
     step 0, so their own steps and minutes are the run's.
     """
-    trunk = [st for st in stages if not st.get("cooldown")]
-    if not trunk:
+    j = last_trunk(stages)
+    if j is None:
         raise ValueError("no shipped trunk stage to resume")
-    st = trunk[-1]
+    st = stages[j]
     return st.get("run_step", st["steps"]), st.get("run_minutes", st["minutes"])
 
 

@@ -1,4 +1,4 @@
-"""`tfflows.zoo.grow.deepen_glow`: twice the depth, the same density."""
+"""`tfflows.zoo.grow`: a deeper or wider Glow with the same density."""
 
 import numpy as np
 import pytest
@@ -27,14 +27,14 @@ def _trained_like(steps=2, hidden=8, preprocess="logit", lu=True, seed=0):
     return model, x
 
 
-@pytest.mark.parametrize("lu,preprocess", [(True, "logit"), (False, "center")])
-def test_deepened_glow_has_twice_the_steps_and_the_same_density(lu, preprocess):
+@pytest.mark.parametrize("lu,preprocess,k_new", [(True, "logit", 4), (False, "center", 4), (True, "logit", 3)])
+def test_deepened_glow_has_more_steps_and_the_same_density(lu, preprocess, k_new):
     old, x = _trained_like(lu=lu, preprocess=preprocess)
-    new = tfflows.zoo.glow(preset="mnist-tiny", steps=4, hidden=8, preprocess=preprocess, lu=lu)
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=k_new, hidden=8, preprocess=preprocess, lu=lu)
     grow.deepen_glow(old, new, sample=x[:2])
     n_old = sum(type(l).__name__ == "AffineCoupling" for l in old.flow.flow_layers)
     n_new = sum(type(l).__name__ == "AffineCoupling" for l in new.flow.flow_layers)
-    assert n_new == 2 * n_old
+    assert n_new == n_old * k_new // 2
     lp_old, lp_new = to_np(old.log_prob(x)), to_np(new.log_prob(x))
     # log p is about -1500 nats here; float32 rounding of the folded 1x1 convs.
     np.testing.assert_allclose(lp_new, lp_old, rtol=1e-5, atol=1e-2)
@@ -59,11 +59,26 @@ def test_deepened_glow_trains_from_the_old_bits_per_dim():
     assert np.isfinite(after) and after < before
 
 
+def test_inserted_steps_are_spread_evenly():
+    assert grow.inserted_before(4, 8) == [0, 1, 2, 3]
+    assert grow.inserted_before(32, 48) == list(range(1, 32, 2))
+    assert grow.inserted_before(4, 5) == [3]
+    for k, k_new in ((1, 2), (5, 7), (32, 40), (32, 64)):
+        before = grow.inserted_before(k, k_new)
+        assert len(before) == k_new - k == len(set(before)) and all(0 <= j < k for j in before)
+    for k_new in (4, 9):
+        with pytest.raises(ValueError, match=r"between 5 and 8"):
+            grow.inserted_before(4, k_new)
+
+
 def test_deepen_glow_rejects_models_it_cannot_map():
     old, x = _trained_like()
-    wrong_depth = tfflows.zoo.glow(preset="mnist-tiny", steps=3, hidden=8)
-    with pytest.raises(ValueError, match=r"needs a new model with 2 levels of 4 steps"):
+    wrong_depth = tfflows.zoo.glow(preset="mnist-tiny", steps=5, hidden=8)
+    with pytest.raises(ValueError, match=r"needs a new model with 2 levels of 3 to 4 steps"):
         grow.deepen_glow(old, wrong_depth, sample=x[:2])
+    same_depth = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8)
+    with pytest.raises(ValueError, match=r"needs a new model with 2 levels of 3 to 4 steps"):
+        grow.deepen_glow(old, same_depth, sample=x[:2])
     wrong_width = tfflows.zoo.glow(preset="mnist-tiny", steps=4, hidden=16)
     with pytest.raises(ValueError, match=r"same coupling width"):
         grow.deepen_glow(old, wrong_width, sample=x[:2])
@@ -88,6 +103,24 @@ def test_grow_command_writes_weights_that_tfflows_train_can_start_from(tmp_path,
     new.log_prob(x[:2])
     new.load_weights(out)
     np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(src.log_prob(x)), rtol=1e-5, atol=1e-2)
+
+
+def test_grow_command_deepens_to_a_given_depth(tmp_path, capsys):
+    src, x = _trained_like(steps=4, hidden=32)
+    src_path = str(tmp_path / "src.weights.h5")
+    training.save_inference_weights(src, src_path)
+    out = str(tmp_path / "grown.weights.h5")
+    grow.main(["--preset", "mnist-tiny", "--from", src_path, "--deepen", "6", "--out", out, "--limit", "50"])
+    assert "K=6" in capsys.readouterr().out
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=6)
+    new.log_prob(x[:2])
+    new.load_weights(out)
+    np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(src.log_prob(x)), rtol=1e-5, atol=1e-2)
+    for bad in ("4", "9"):
+        with pytest.raises(SystemExit, match=r"--deepen %s must be more than the source's K=4 and at most 8" % bad):
+            grow.main(["--preset", "mnist-tiny", "--from", src_path, "--deepen", bad, "--out", out])
+    with pytest.raises(SystemExit, match=r"not both"):
+        grow.main(["--preset", "mnist-tiny", "--from", src_path, "--deepen", "6", "--widen", "64", "--out", out])
 
 
 @pytest.mark.parametrize("lu,preprocess", [(True, "logit"), (False, "center")])

@@ -1,10 +1,12 @@
 """Deepen or widen a trained Glow without changing the function it computes.
 
 `deepen_glow(old, new)` copies a trained zoo Glow with K steps per level
-into a zoo Glow with 2K steps per level, inserting one new step before
-each trained one. The new model computes exactly the same density (up to
-float32 rounding), so training continues from the old model's bits/dim
-with twice the depth, instead of from scratch:
+into a zoo Glow with K' steps per level, K < K' <= 2K, inserting one new
+step before K' - K of the trained ones, spread evenly (before every one
+for K' = 2K, before every other one for K' = 3K/2). The new model
+computes exactly the same density (up to float32 rounding), so training
+continues from the old model's bits/dim with more depth, instead of from
+scratch:
 
 - the new step's ActNorm is the identity, its invertible 1x1 conv keeps
   its random rotation `R`, and its affine coupling's net ends in a
@@ -29,10 +31,12 @@ new units (zeros). The new units' outputs therefore start at zero weight
 and get gradients from the first step (net2net's wider net, with zeros in
 place of Chen et al.'s replicated units).
 
-Command line (writes a `.weights.h5` for `tfflows train --steps 2K
---init-from FILE`, or with `--widen H` for `tfflows train --hidden H`):
+Command line (writes a `.weights.h5` for `tfflows train --steps K'
+--init-from FILE`, K' = 2K unless `--deepen K'` says otherwise, or with
+`--widen H` for `tfflows train --hidden H`):
 
     python -m tfflows.zoo.grow --preset mnist --from pretrained --out grown.weights.h5
+    python -m tfflows.zoo.grow --preset mnist --from pretrained --deepen 48 --out k48.weights.h5
     python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 160 --out wide.weights.h5
 """
 
@@ -112,17 +116,32 @@ def _built_and_trained(old, new, sample, verb):
                          f"(or loaded) model, not a fresh one.")
 
 
+def inserted_before(k_old, k_new):
+    """The trained steps (0-based, per level) that `deepen_glow` inserts a
+    new step before, going from `k_old` to `k_new` steps per level: the
+    `k_new - k_old` of them spread evenly, all of them for `k_new = 2 k_old`."""
+    if not k_old < k_new <= 2 * k_old:
+        raise ValueError(f"deepen_glow grows K={k_old} steps per level to between {k_old + 1} and "
+                         f"{2 * k_old} (at most one new step before each trained one); got K={k_new}.")
+    n = k_new - k_old
+    return [j for j in range(k_old) if (j + 1) * n // k_old > j * n // k_old]
+
+
 def deepen_glow(old, new, sample=None):
-    """Copies trained Glow `old` (K steps per level) into `new` (2K steps per
-    level, same levels, width and preprocessing), so that `new` computes the
-    same density. Both are `tfflows.zoo.glow()` models; they are built on
-    `sample` (a batch of data in [0, 1)) if not built yet. Returns `new`."""
+    """Copies trained Glow `old` (K steps per level) into `new` (K' steps
+    per level, K < K' <= 2K, same levels, width and preprocessing), so that
+    `new` computes the same density: a new step goes before each of the
+    trained steps `inserted_before(K, K')`. Both are `tfflows.zoo.glow()`
+    models; they are built on `sample` (a batch of data in [0, 1)) if not
+    built yet. Returns `new`."""
     levels, k_old = _steps_per_level(old)
     levels_new, k_new = _steps_per_level(new)
     _built_and_trained(old, new, sample, "deepen")
-    if levels_new != levels or k_new != 2 * k_old:
-        raise ValueError(f"deepen_glow needs a new model with {levels} levels of {2 * k_old} steps "
-                         f"(twice {k_old}); got {levels_new} levels of {k_new}.")
+    if levels_new != levels or not k_old < k_new <= 2 * k_old:
+        raise ValueError(f"deepen_glow needs a new model with {levels} levels of {k_old + 1} to "
+                         f"{2 * k_old} steps (more than {k_old}, at most twice); got {levels_new} "
+                         f"levels of {k_new}.")
+    before = set(inserted_before(k_old, k_new))
     old_layers = {layer.name: layer for layer in old.flow.flow_layers}
     new_layers = {layer.name: layer for layer in new.flow.flow_layers}
 
@@ -135,16 +154,25 @@ def deepen_glow(old, new, sample=None):
         layer.set_weights(old_layers[name].get_weights())
 
     for i in range(levels):
+        t = 0  # the next step of `new` at this level
         for j in range(k_old):
             a_old, w_old, c_old = (old_layers[f"{kind}{i}_{j}"] for kind in ("actnorm", "invconv", "coupling"))
-            a_ins, w_ins, c_ins = (new_layers[f"{kind}{i}_{2 * j}"] for kind in ("actnorm", "invconv", "coupling"))
-            a_new, w_new, c_new = (new_layers[f"{kind}{i}_{2 * j + 1}"] for kind in ("actnorm", "invconv", "coupling"))
+            insert = j in before
+            a_new, w_new, c_new = (new_layers[f"{kind}{i}_{t + insert}"]
+                                   for kind in ("actnorm", "invconv", "coupling"))
             if c_new.hidden != c_old.hidden:
                 raise ValueError(f"deepen_glow needs the same coupling width: {c_old.hidden} vs {c_new.hidden}.")
             for attr in ("mask", "reverse", "scale"):
                 if getattr(c_new, attr) != getattr(c_old, attr):
                     raise ValueError(f"{c_new.name} and {c_old.name} differ in {attr}: "
                                      f"{getattr(c_old, attr)!r} vs {getattr(c_new, attr)!r}.")
+            c_new.set_weights(c_old.get_weights())
+            t += 1 + insert
+            if not insert:
+                a_new.set_weights(a_old.get_weights())
+                w_new.set_weights(w_old.get_weights())
+                continue
+            a_ins, w_ins, c_ins = (new_layers[f"{kind}{i}_{t - 2}"] for kind in ("actnorm", "invconv", "coupling"))
             # The inserted step: identity ActNorm, random rotation R, identity coupling.
             a_ins.loc.assign(np.zeros(a_ins.loc.shape, "float32"))
             a_ins.log_scale.assign(np.zeros(a_ins.log_scale.shape, "float32"))
@@ -160,7 +188,6 @@ def deepen_glow(old, new, sample=None):
             a_new.log_scale.assign(np.zeros(loc.shape, "float32"))
             a_new.initialized.assign(1.0)
             _set_1x1(w_new, _np(w_old.weight()) @ np.diag(s) @ np.linalg.inv(r))
-            c_new.set_weights(c_old.get_weights())
     return new
 
 
@@ -218,8 +245,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="K of the source model (default: the preset's)")
     p.add_argument("--hidden", type=int, default=None,
                    help="coupling width of the source model (default: the preset's)")
+    p.add_argument("--deepen", type=int, default=None, metavar="K'",
+                   help="steps per level of the grown model, more than K and at most 2K (default: 2K)")
     p.add_argument("--widen", type=int, default=None, metavar="H",
-                   help="widen the coupling nets to H units (same depth) instead of doubling the depth")
+                   help="widen the coupling nets to H units (same depth) instead of deepening")
     p.add_argument("--data", default="mnist", help="images to check the two models on (test split)")
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--out", required=True, help="where to write the grown model's .weights.h5")
@@ -235,7 +264,12 @@ def main(argv=None):
     h = args.hidden or builders.PRESETS["glow"][args.preset]["hidden"]
     if args.widen is not None and args.widen <= h:
         raise SystemExit(f"tfflows.zoo.grow: --widen {args.widen} must exceed the source width {h}.")
-    k_new, h_new = (k, args.widen) if args.widen else (2 * k, h)
+    if args.widen is not None and args.deepen is not None:
+        raise SystemExit("tfflows.zoo.grow: give --deepen or --widen, not both.")
+    if args.deepen is not None and not k < args.deepen <= 2 * k:
+        raise SystemExit(f"tfflows.zoo.grow: --deepen {args.deepen} must be more than the source's "
+                         f"K={k} and at most {2 * k}.")
+    k_new, h_new = (k, args.widen) if args.widen else (args.deepen or 2 * k, h)
     new = builders.glow(preset=args.preset, steps=k_new, hidden=h_new)
     images = zdata.load_arrays(args.data, "test", limit=args.limit)
     x = (images.astype("float32") + 0.5) / 256.0

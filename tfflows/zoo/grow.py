@@ -36,7 +36,7 @@ Command line (writes a `.weights.h5` for `tfflows train --steps K'
 `--widen H` for `tfflows train --hidden H`):
 
     python -m tfflows.zoo.grow --preset mnist --from pretrained --out grown.weights.h5
-    python -m tfflows.zoo.grow --preset mnist --from pretrained --deepen 48 --out k48.weights.h5
+    python -m tfflows.zoo.grow --preset mnist --from pretrained --deepen 64 --out k64.weights.h5
     python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 160 --out wide.weights.h5
 """
 

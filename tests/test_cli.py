@@ -175,6 +175,32 @@ def test_glow_logit_preprocess_is_recorded_and_rebuilt_from_the_run(tmp_path, ca
                   "--preprocess", "logit"])
 
 
+def test_per_level_glow_widths_train_from_grown_weights_and_rebuild_from_the_run(tmp_path):
+    import tfflows
+    from tfflows.zoo import grow
+
+    src = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8)
+    x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype("float32")
+    src.initialize(x)
+    src_path, wide = str(tmp_path / "src.weights.h5"), str(tmp_path / "wide.weights.h5")
+    training.save_inference_weights(src, src_path)
+    grow.main(["--preset", "mnist-tiny", "--steps", "1", "--hidden", "8", "--from", src_path,
+               "--widen", "12,8", "--out", wide, "--limit", "20"])
+    out = str(tmp_path / "run")
+    args = [a for a in TINY if a not in ("--hidden", "8")]
+    cli.main(["train", "--out", out, "--epochs", "1", *args, "--arch", "hidden=(12,8)",
+              "--init-from", wide, "--no-export"])
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["overrides"]["hidden"] == [12, 8]
+    model, _ = cli.load_model_from_args(cli.build_parser().parse_args(["evaluate", "--run", out]))
+    widths = [l.hidden for l in model.flow.flow_layers if type(l).__name__ == "AffineCoupling"]
+    assert widths == [12, 8]
+    assert np.isfinite(json.load(open(os.path.join(out, "metrics.json")))["test_bpd"])
+    with pytest.raises(ValueError, match=r"does not fit"):  # the unwidened file does not fit (12, 8)
+        cli.main(["train", "--out", str(tmp_path / "bad"), "--epochs", "1", *args, "--arch", "hidden=(12,8)",
+                  "--init-from", src_path, "--no-export"])
+
+
 def test_resume_without_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(SystemExit, match=r"no checkpoint in"):
         cli.main(["train", "--out", str(tmp_path), "--resume", str(tmp_path), *TINY])

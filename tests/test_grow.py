@@ -178,3 +178,54 @@ def test_grow_command_widens(tmp_path, capsys):
     new.log_prob(x[:2])
     new.load_weights(out)
     np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(src.log_prob(x)), rtol=1e-6, atol=1e-3)
+
+
+def test_glow_takes_one_coupling_width_per_level():
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=[12, 8])
+    x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype("float32")
+    model.log_prob(x)
+    widths = {l.name: l.hidden for l in model.flow.flow_layers if type(l).__name__ == "AffineCoupling"}
+    assert widths == {"coupling0_0": 12, "coupling0_1": 12, "coupling1_0": 8, "coupling1_1": 8}
+    uniform = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8)
+    uniform.log_prob(x)
+    assert model.count_params() > uniform.count_params()
+    with pytest.raises(ValueError, match=r"gives 3 widths for levels=2"):
+        tfflows.zoo.glow(preset="mnist-tiny", hidden=[8, 8, 8])
+    for bad in ([8, 0], [8, 2.5], [8, True], "8"):
+        with pytest.raises(ValueError, match=r"hidden must be a positive int or a list of them"):
+            tfflows.zoo.glow(preset="mnist-tiny", hidden=bad)
+
+
+def test_widening_one_level_keeps_the_density_and_the_other_level():
+    old, x = _trained_like()
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=[20, 8])
+    grow.widen_glow(old, new, sample=x[:2])
+    np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(old.log_prob(x)), rtol=1e-6, atol=1e-3)
+    old_layers = {l.name: l for l in old.flow.flow_layers}
+    for layer in new.flow.flow_layers:
+        if layer.name.startswith("coupling1_"):  # the narrow level is copied as is
+            for a, b in zip(layer.get_weights(), old_layers[layer.name].get_weights()):
+                np.testing.assert_array_equal(a, b)
+        elif layer.name.startswith("coupling0_"):
+            assert layer.hidden == 20
+
+
+def test_grow_command_widens_one_level(tmp_path, capsys):
+    src, x = _trained_like(steps=2, hidden=8)
+    src_path = str(tmp_path / "src.weights.h5")
+    training.save_inference_weights(src, src_path)
+    out = str(tmp_path / "wide.weights.h5")
+    base = ["--preset", "mnist-tiny", "--steps", "2", "--hidden", "8", "--from", src_path, "--out", out]
+    for bad, why in (("8,8", r"must exceed the source width 8"), ("12,4", r"narrow none"),
+                     ("12,8,8", r"gives 3 widths for levels=2")):
+        with pytest.raises(SystemExit, match=why):
+            grow.main(base + ["--widen", bad])
+    with pytest.raises(SystemExit):  # argparse: not a width
+        grow.main(base + ["--widen", "12,x"])
+    grow.main(base + ["--widen", "12,8", "--limit", "50"])
+    printed = capsys.readouterr().out
+    assert "hidden=12,8" in printed and "--arch 'hidden=(12,8)'" in printed
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=[12, 8])
+    new.log_prob(x[:2])
+    new.load_weights(out)
+    np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(src.log_prob(x)), rtol=1e-6, atol=1e-3)

@@ -290,7 +290,7 @@ def _train(args):
     else:
         model = build_model(args.model, preset, cfg["overrides"], pretrained=args.init_from == "pretrained")
         if args.init_from and args.init_from != "pretrained":
-            model.load_weights(args.init_from)
+            _load_weights(model, args.init_from, f"--model {args.model} --preset {preset} with {cfg['overrides']}")
             _log(f"[tfflows] initialised from {args.init_from}")
         jit = {"auto": "auto", "on": True, "off": False}[args.jit]
         model.compile(optimizer=tfflows.default_optimizer(_learning_rate(args), args.clipnorm, dims=model.dims,

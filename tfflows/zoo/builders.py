@@ -8,6 +8,7 @@ checking their sha256.
 import copy
 import hashlib
 import json
+import numbers
 import os
 
 from tfflows import layers as L
@@ -84,6 +85,23 @@ def _check_divisible(name, data_shape, levels):
 GLOW_PREPROCESS = ("center", "logit")
 
 
+def glow_widths(hidden, levels):
+    """`hidden` as one coupling width per level: an int (every level) or a
+    list/tuple of `levels` positive ints (level 0 first)."""
+    if isinstance(hidden, (list, tuple)):
+        widths = list(hidden)
+        if len(widths) != levels:
+            raise ValueError(f"glow hidden={hidden!r} gives {len(widths)} widths for levels={levels}; "
+                             f"give one int or one width per level.")
+    else:
+        widths = [hidden] * levels
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1:
+            raise ValueError(f"glow hidden must be a positive int or a list of them, one per level. "
+                             f"Received: hidden={hidden!r}")
+    return [int(w) for w in widths]
+
+
 def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, preprocess="center",
               alpha=0.05):
     """Glow (Kingma & Dhariwal 2018): per level, squeeze, then `steps` x
@@ -93,8 +111,11 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
     transform with squashing `alpha` (`preprocess="logit"`). The 1x1
     rotations are seeded by position (`1000 * level + step`), so every build
     starts from the same rotations whatever the Keras seed; the coupling
-    nets' initial weights follow `keras.utils.set_random_seed`."""
+    nets' initial weights follow `keras.utils.set_random_seed`. `hidden` is
+    the coupling width: one int, or one per level (`[160, 128]` widens only
+    the first level's nets)."""
     _check_divisible("glow", data_shape, levels)
+    widths = glow_widths(hidden, levels)
     if preprocess == "center":
         flow = [L.Rescale(1.0, -0.5, name="center")]
     elif preprocess == "logit":
@@ -107,7 +128,7 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
             flow += [
                 L.ActNorm(name=f"actnorm{i}_{k}"),
                 L.Invertible1x1Conv(lu=lu, seed=1000 * i + k, name=f"invconv{i}_{k}"),
-                L.AffineCoupling(mask="channel", scale="sigmoid", hidden=hidden, name=f"coupling{i}_{k}"),
+                L.AffineCoupling(mask="channel", scale="sigmoid", hidden=widths[i], name=f"coupling{i}_{k}"),
             ]
         if i < levels - 1:
             flow.append(L.Split(learned_prior=learned_prior, name=f"split{i}"))
@@ -167,8 +188,8 @@ def _finish(model_name, preset, config, flow, base, pretrained):
 def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, lu=None,
          learned_prior=True, data_shape=None, n_bits=None, preprocess=None, alpha=None):
     """Glow, as `FlowModel`. `levels` L, `steps` K per level, `hidden` the
-    coupling width, `lu` the 1x1-conv parametrisation, `preprocess` `"center"`
-    or `"logit"` (with squashing `alpha`, default 0.05); `None` keeps the
+    coupling width (an int, or a list with one width per level), `lu` the
+    1x1-conv parametrisation, `preprocess` `"center"` or `"logit"` (with squashing `alpha`, default 0.05); `None` keeps the
     preset's value. Presets: see `PRESETS["glow"]`."""
     config = _config("glow", preset, dict(levels=levels, steps=steps, hidden=hidden, lu=lu,
                                           data_shape=data_shape, n_bits=n_bits,

@@ -33,11 +33,13 @@ place of Chen et al.'s replicated units).
 
 Command line (writes a `.weights.h5` for `tfflows train --steps K'
 --init-from FILE`, K' = 2K unless `--deepen K'` says otherwise, or with
-`--widen H` for `tfflows train --hidden H`):
+`--widen H` for `tfflows train --hidden H`; `--widen 160,128` gives one
+width per level, for `tfflows train --arch 'hidden=(160,128)'`):
 
     python -m tfflows.zoo.grow --preset mnist --from pretrained --out grown.weights.h5
     python -m tfflows.zoo.grow --preset mnist --from pretrained --deepen 64 --out k64.weights.h5
     python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 160 --out wide.weights.h5
+    python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 160,128 --out wide1.weights.h5
 """
 
 import argparse
@@ -237,18 +239,35 @@ def widen_glow(old, new, sample=None):
     return new
 
 
+def _width_arg(text):
+    """`"160"` -> 160, `"160,128"` -> [160, 128] (one coupling width per level)."""
+    try:
+        parts = [int(t) for t in str(text).split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a width is an int or ints per level as 160,128; got {text!r}")
+    if any(w < 1 for w in parts):
+        raise argparse.ArgumentTypeError(f"widths must be positive; got {text!r}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _width_text(h):
+    return ",".join(str(w) for w in h) if isinstance(h, (list, tuple)) else str(h)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tfflows.zoo.grow", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="mnist")
     p.add_argument("--from", dest="source", default="pretrained",
                    help="'pretrained' (the shipped weights) or a .weights.h5 file of the preset")
     p.add_argument("--steps", type=int, default=None, help="K of the source model (default: the preset's)")
-    p.add_argument("--hidden", type=int, default=None,
-                   help="coupling width of the source model (default: the preset's)")
+    p.add_argument("--hidden", type=_width_arg, default=None,
+                   help="coupling width of the source model, one int or one per level as 160,128 "
+                        "(default: the preset's)")
     p.add_argument("--deepen", type=int, default=None, metavar="K'",
                    help="steps per level of the grown model, more than K and at most 2K (default: 2K)")
-    p.add_argument("--widen", type=int, default=None, metavar="H",
-                   help="widen the coupling nets to H units (same depth) instead of deepening")
+    p.add_argument("--widen", type=_width_arg, default=None, metavar="H",
+                   help="widen the coupling nets to H units (same depth) instead of deepening; "
+                        "one width per level as 160,128 widens only the first level")
     p.add_argument("--data", default="mnist", help="images to check the two models on (test split)")
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--out", required=True, help="where to write the grown model's .weights.h5")
@@ -262,8 +281,16 @@ def main(argv=None):
                         pretrained=args.source == "pretrained")
     k = args.steps or builders.PRESETS["glow"][args.preset]["steps"]
     h = args.hidden or builders.PRESETS["glow"][args.preset]["hidden"]
-    if args.widen is not None and args.widen <= h:
-        raise SystemExit(f"tfflows.zoo.grow: --widen {args.widen} must exceed the source width {h}.")
+    if args.widen is not None:
+        levels = builders.PRESETS["glow"][args.preset]["levels"]
+        try:
+            old_w, new_w = builders.glow_widths(h, levels), builders.glow_widths(args.widen, levels)
+        except ValueError as err:
+            raise SystemExit(f"tfflows.zoo.grow: {err}") from err
+        if any(b < a for a, b in zip(old_w, new_w)) or old_w == new_w:
+            raise SystemExit(f"tfflows.zoo.grow: --widen {_width_text(args.widen)} must exceed the source "
+                             f"width {_width_text(h)} (per level: {old_w} -> {new_w}) at one level at least, "
+                             f"and narrow none.")
     if args.widen is not None and args.deepen is not None:
         raise SystemExit("tfflows.zoo.grow: give --deepen or --widen, not both.")
     if args.deepen is not None and not k < args.deepen <= 2 * k:
@@ -279,14 +306,17 @@ def main(argv=None):
     (widen_glow if args.widen else deepen_glow)(old, new, sample=x[:8])
     a, b = (_np(m.bits_per_dim(x)) for m in (old, new))
     diff = np.abs(a - b).max()
-    print(f"bits/dim on {len(x)} test images (half-bin dequantization): K={k} hidden={h} {a.mean():.5f}, "
-          f"K={k_new} hidden={h_new} {b.mean():.5f}; largest per-image difference {diff:.2e}")
+    print(f"bits/dim on {len(x)} test images (half-bin dequantization): K={k} hidden={_width_text(h)} "
+          f"{a.mean():.5f}, K={k_new} hidden={_width_text(h_new)} {b.mean():.5f}; "
+          f"largest per-image difference {diff:.2e}")
     if not diff < 1e-3:
         raise SystemExit(f"tfflows.zoo.grow: the grown model's bits/dim differ by up to "
                          f"{diff:.2e} from the source's; nothing written.")
     training.save_inference_weights(new, args.out)
+    width = (f"--hidden {h_new}" if not isinstance(h_new, list)
+             else f"--arch 'hidden=({_width_text(h_new)})'")
     print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
-          f"--steps {k_new} --hidden {h_new} --init-from {args.out}")
+          f"--steps {k_new} {width} --init-from {args.out}")
 
 
 if __name__ == "__main__":

@@ -190,7 +190,8 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
     """Glow, as `FlowModel`. `levels` L, `steps` K per level, `hidden` the
     coupling width (an int, or a list with one width per level), `lu` the
     1x1-conv parametrisation, `preprocess` `"center"` or `"logit"` (with
-    squashing `alpha`, default 0.05); `None` keeps the preset's value. Presets: see `PRESETS["glow"]`."""
+    squashing `alpha`, default 0.05); `None` keeps the preset's value.
+    Presets: see `PRESETS["glow"]`."""
     config = _config("glow", preset, dict(levels=levels, steps=steps, hidden=hidden, lu=lu,
                                           data_shape=data_shape, n_bits=n_bits,
                                           preprocess=preprocess, alpha=alpha), optional=("alpha",))

@@ -102,6 +102,25 @@ def test_sigterm_stops_after_the_batch_with_checkpoint_and_outputs_and_the_run_r
     assert json.load(open(os.path.join(out, "metrics.json")))["step"] == 3 * (256 // 32)
 
 
+def test_resume_keeps_the_checkpoints_dtype_and_refuses_a_different_one(tmp_path, monkeypatch, capsys):
+    from tfflows import distribute
+
+    out = str(tmp_path / "run")
+    common = [*TINY, "--no-export", "--eval-minutes", "1000"]
+    cli.main(["train", "--out", out, "--epochs", "1", "--dtype", "float32", *common])
+    # On a CPU with bfloat16 matmuls, "auto" means mixed_bfloat16 for a new run...
+    monkeypatch.setattr(distribute, "cpu_bf16_flags", lambda *a, **k: ["avx512_bf16"])
+    assert distribute.resolve_dtype("auto")[0] == "mixed_bfloat16"
+    with pytest.raises(SystemExit, match="trained with --dtype float32, not --dtype mixed_bfloat16"):
+        cli.main(["train", "--out", out, "--resume", out, "--epochs", "2", "--dtype", "mixed_bfloat16", *common])
+    capsys.readouterr()
+    # ...but a resumed run continues in the checkpoint's float32.
+    cli.main(["train", "--out", out, "--resume", out, "--epochs", "2", *common])
+    assert "dtype=float32 (from the checkpoint)" in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "config.json")))["dtype"] == "float32"
+    assert json.load(open(os.path.join(out, "metrics.json")))["step"] == 2 * (256 // 32)
+
+
 def test_train_with_bfloat16_nets_records_the_policy_and_restores_the_global_one(tmp_path):
     import keras
 

@@ -238,6 +238,17 @@ def cmd_train(args):
         keras.config.set_dtype_policy(policy)
 
 
+def _checkpoint_config(ckpt_dir):
+    """The training config stored in the newest checkpoint of `ckpt_dir` (`{}` if none)."""
+    from tfflows import training
+
+    path = training.latest_checkpoint(ckpt_dir)
+    if path is None:
+        return {}
+    with open(os.path.join(path, "state.json")) as f:
+        return json.load(f).get("config") or {}
+
+
 def _train(args):
     import keras
     import numpy as np
@@ -263,7 +274,18 @@ def _train(args):
     strategy = distribute.get_strategy(args.strategy)  # before any other TF op (multi-worker)
     chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(args.seed)
-    dtype, why = distribute.resolve_dtype(args.dtype)
+    requested = args.dtype
+    if args.resume and not custom_loop:
+        # A resumed run continues in the checkpoint's dtype policy: "auto" must not
+        # switch a float32 run to bfloat16 on a CPU that has it (or back).
+        saved = _checkpoint_config(ckpt_dir).get("dtype")
+        if saved and args.dtype not in ("auto", saved):
+            raise SystemExit(f"tfflows: --resume {args.resume}: the checkpoint was trained with --dtype {saved}, "
+                             f"not --dtype {args.dtype}; drop --dtype or pass --dtype {saved}.")
+        requested = saved or requested
+    dtype, why = distribute.resolve_dtype(requested)
+    if args.resume and requested != args.dtype:
+        why = "from the checkpoint"
     cfg["dtype"] = dtype
     distribute.set_dtype_policy(dtype)
 

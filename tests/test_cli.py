@@ -52,9 +52,12 @@ def test_bfloat16_training_exports_a_float32_savedmodel(tmp_path):
     np.testing.assert_allclose(got, np.asarray(model.log_prob(x)), rtol=1e-5)
 
 
-def test_resume_reaches_the_same_step_count_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["no-ema", "ema"])
+def test_resume_reaches_the_same_step_count_as_an_uninterrupted_run(tmp_path, ema):
+    # With --ema the checkpoint must hold the live weights (Keras' fit writes the
+    # average into the model when it returns) and the optimizer's average.
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    common = [*TINY, "--no-export", "--eval-minutes", "1000"]
+    common = [*TINY, "--no-export", "--eval-minutes", "1000", *ema]
     cli.main(["train", "--out", a, "--epochs", "3", *common])
     cli.main(["train", "--out", b, "--epochs", "1", *common])
     first = training.latest_checkpoint(os.path.join(b, "checkpoints"))

@@ -352,9 +352,10 @@ def _train(args):
                                  checkpoint_dir=os.path.join(args.resume or out, "dist_checkpoints"),
                                  save_seconds=60 * args.checkpoint_minutes)
             else:
-                model.fit(ds, epochs=args.epochs + (1 if step0 % steps_per_epoch else 0), initial_epoch=epoch0,
-                          steps_per_epoch=steps_per_epoch, callbacks=[tracker], verbose=args.verbose,
-                          shuffle=False)
+                with training.live_weights_after_fit(model):  # the checkpoint below holds the live weights
+                    model.fit(ds, epochs=args.epochs + (1 if step0 % steps_per_epoch else 0), initial_epoch=epoch0,
+                              steps_per_epoch=steps_per_epoch, callbacks=[tracker], verbose=args.verbose,
+                              shuffle=False)
         except tfflows.TrainingDivergedError as e:
             error = e
     wall = time.time() - t0
@@ -363,6 +364,7 @@ def _train(args):
         _log(f"[tfflows] the last good checkpoint is kept in {ckpt_dir}")
         raise SystemExit(2)
     tracker.checkpoint()
+    training.finalize_ema(model)  # outputs from here on use the moving average, as after Keras' fit
     final = tracker.finish()
     if tracker.stop_signal:
         _log(f"[tfflows] stopped by {tracker.stop_signal} at step {final['step']}; continue with "

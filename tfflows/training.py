@@ -87,6 +87,35 @@ def load_checkpoint(path):
 
 
 @contextlib.contextmanager
+def live_weights_after_fit(model):
+    """Inside the block `model.fit` returns with the live weights in place.
+
+    Keras' `fit` ends by writing the optimizer's moving average (`use_ema`)
+    into the model (`finalize_variable_values`); a checkpoint saved after it
+    would then resume from the average instead of where training was, and a
+    resumed run would drift from an uninterrupted one. Save the checkpoint
+    after the block, then call `finalize_ema(model)` for Keras' end state.
+    """
+    opt = getattr(model, "optimizer", None)
+    if opt is None or not getattr(opt, "use_ema", False):
+        yield
+        return
+    opt.finalize_variable_values = lambda var_list: None
+    try:
+        yield
+    finally:
+        del opt.finalize_variable_values
+
+
+def finalize_ema(model):
+    """Writes the optimizer's moving average into the model's trainable
+    weights, as Keras' `fit` does when it ends (no-op without `use_ema`)."""
+    opt = getattr(model, "optimizer", None)
+    if opt is not None and getattr(opt, "use_ema", False) and int(keras.ops.convert_to_numpy(opt.iterations)) > 0:
+        opt.finalize_variable_values(model.trainable_weights)
+
+
+@contextlib.contextmanager
 def ema_weights(model):
     """Inside the block the model's trainable weights are the optimizer's
     moving average (`default_optimizer(ema_momentum=...)`); the live weights

@@ -114,7 +114,7 @@ def test_resume_keeps_the_checkpoints_dtype_and_refuses_a_different_one(tmp_path
     # On a CPU with bfloat16 matmuls, "auto" means mixed_bfloat16 for a new run...
     monkeypatch.setattr(distribute, "cpu_bf16_flags", lambda *a, **k: ["avx512_bf16"])
     assert distribute.resolve_dtype("auto")[0] == "mixed_bfloat16"
-    with pytest.raises(SystemExit, match="trained with --dtype float32, not --dtype mixed_bfloat16"):
+    with pytest.raises(SystemExit, match=r"differ from it: --dtype mixed_bfloat16 \(checkpoint: float32\)"):
         cli.main(["train", "--out", out, "--resume", out, "--epochs", "2", "--dtype", "mixed_bfloat16", *common])
     capsys.readouterr()
     # ...but a resumed run continues in the checkpoint's float32.
@@ -122,6 +122,22 @@ def test_resume_keeps_the_checkpoints_dtype_and_refuses_a_different_one(tmp_path
     assert "dtype=float32 (from the checkpoint)" in capsys.readouterr().out
     assert json.load(open(os.path.join(out, "config.json")))["dtype"] == "float32"
     assert json.load(open(os.path.join(out, "metrics.json")))["step"] == 2 * (256 // 32)
+
+
+def test_resume_without_the_options_continues_the_checkpoints_data_batch_and_schedule(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    cli.main(["train", "--out", out, "--epochs", "1", *TINY, "--batch-size", "16", "--lr", "1e-3", "--ema", "0.9",
+              "--no-export", "--eval-minutes", "1000"])
+    # A bare resume (as in the README) must not fall back to the defaults: batch 64, lr 1e-3 without warm-up...
+    with pytest.raises(SystemExit, match=r"--batch-size 32 \(checkpoint: 16\); --lr 0.01 \(checkpoint: 0.001\)"):
+        cli.main(["train", "--out", out, "--resume", out, "--epochs", "2", "--lr", "1e-2", "--batch-size", "32"])
+    capsys.readouterr()
+    cli.main(["train", "--out", out, "--resume", out, "--epochs", "2", "--verbose", "0", "--eval-images", "64",
+              "--no-export"])
+    assert "continues the checkpoint's batch_size=16, warmup_steps=0, ema=0.9" in capsys.readouterr().out
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert (config["batch_size"], config["train_images"], config["ema"], config["warmup_steps"]) == (16, 256, 0.9, 0)
+    assert json.load(open(os.path.join(out, "metrics.json")))["step"] == 2 * (256 // 16)
 
 
 def test_train_with_bfloat16_nets_records_the_policy_and_restores_the_global_one(tmp_path):

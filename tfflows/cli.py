@@ -249,6 +249,44 @@ def _checkpoint_config(ckpt_dir):
         return json.load(f).get("config") or {}
 
 
+# Training-config keys a resumed run takes from its checkpoint (cfg key = train option).
+_RESUMED = ("model", "preset", "data", "batch_size", "lr", "warmup_steps", "decay", "decay_steps", "clipnorm",
+            "ema", "seed", "n_bits", "jit", "dtype", "train_images")
+
+
+def _adopt_checkpoint_config(args, saved):
+    """Makes `args` continue the checkpoint's training config `saved`.
+
+    An option left at its default takes the checkpoint's value (a resumed run
+    keeps its data, batch size, learning-rate schedule, dtype...); one given
+    with a value other than the checkpoint's is refused, naming it. Returns
+    `{key: value}` for the defaults that the checkpoint replaced.
+    """
+    defaults = vars(build_parser().parse_args(["train"]))
+    conflicts, adopted = [], {}
+    for key in _RESUMED:
+        if key not in saved:
+            continue
+        given, default, value = getattr(args, key), defaults[key], saved[key]
+        if key == "preset" and given is None:
+            given = default = "mnist-tiny"
+        if given == value:
+            continue
+        if given != default:
+            conflicts.append(f"--{key.replace('_', '-')} {given} (checkpoint: {value})")
+        else:
+            setattr(args, key, value)
+            adopted[key] = value
+    given = _overrides(args)
+    if given and given != saved.get("overrides", {}):
+        conflicts.append(f"architecture {given} (checkpoint: {saved.get('overrides', {})})")
+    if conflicts:
+        raise SystemExit(f"tfflows: --resume {args.resume} continues the checkpoint's training config; "
+                         f"these options differ from it: {'; '.join(conflicts)}. Drop them or pass the "
+                         f"checkpoint's values (a new run: --init-from DIR/model.weights.h5).")
+    return adopted
+
+
 def _train(args):
     import keras
     import numpy as np
@@ -260,11 +298,17 @@ def _train(args):
     out = args.out
     os.makedirs(out, exist_ok=True)
     ckpt_dir = os.path.join(args.resume or out, "checkpoints")
+    adopted = {}
+    if args.resume and args.strategy not in ("multiworker", "tpu"):
+        adopted = _adopt_checkpoint_config(args, _checkpoint_config(ckpt_dir))
+        if adopted:
+            _log("[tfflows] --resume continues the checkpoint's " + ", ".join(f"{k}={v}" for k, v in adopted.items()))
     preset = args.preset or "mnist-tiny"
     cfg = dict(model=args.model, preset=preset, overrides=_overrides(args), data=args.data,
                batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, decay=args.decay,
                decay_steps=args.decay_steps, clipnorm=args.clipnorm, ema=args.ema, seed=args.seed, n_bits=args.n_bits,
-               backend=keras.backend.backend(), jit=args.jit, strategy=args.strategy, dtype=args.dtype)
+               backend=keras.backend.backend(), jit=args.jit, strategy=args.strategy, dtype=args.dtype,
+               train_images=args.train_images)
     from tfflows import distribute
 
     custom_loop = args.strategy in ("multiworker", "tpu")
@@ -274,17 +318,8 @@ def _train(args):
     strategy = distribute.get_strategy(args.strategy)  # before any other TF op (multi-worker)
     chief = distribute.is_chief(strategy)
     keras.utils.set_random_seed(args.seed)
-    requested = args.dtype
-    if args.resume and not custom_loop:
-        # A resumed run continues in the checkpoint's dtype policy: "auto" must not
-        # switch a float32 run to bfloat16 on a CPU that has it (or back).
-        saved = _checkpoint_config(ckpt_dir).get("dtype")
-        if saved and args.dtype not in ("auto", saved):
-            raise SystemExit(f"tfflows: --resume {args.resume}: the checkpoint was trained with --dtype {saved}, "
-                             f"not --dtype {args.dtype}; drop --dtype or pass --dtype {saved}.")
-        requested = saved or requested
-    dtype, why = distribute.resolve_dtype(requested)
-    if args.resume and requested != args.dtype:
+    dtype, why = distribute.resolve_dtype(args.dtype)
+    if "dtype" in adopted:
         why = "from the checkpoint"
     cfg["dtype"] = dtype
     distribute.set_dtype_policy(dtype)

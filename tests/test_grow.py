@@ -229,3 +229,24 @@ def test_grow_command_widens_one_level(tmp_path, capsys):
     new.log_prob(x[:2])
     new.load_weights(out)
     np.testing.assert_allclose(to_np(new.log_prob(x)), to_np(src.log_prob(x)), rtol=1e-6, atol=1e-3)
+
+
+def test_grow_command_is_seeded_the_same_command_writes_the_same_file(tmp_path):
+    import h5py
+
+    src, _ = _trained_like(steps=2, hidden=8)
+    src_path = str(tmp_path / "src.weights.h5")
+    training.save_inference_weights(src, src_path)
+
+    def grown(name, *extra):
+        out = str(tmp_path / name)
+        grow.main(["--preset", "mnist-tiny", "--steps", "2", "--hidden", "8", "--from", src_path, "--out", out,
+                   "--widen", "12", "--limit", "20", *extra])
+        arrays = []
+        with h5py.File(out, "r") as f:
+            f.visititems(lambda n, o: arrays.append(np.asarray(o)) if isinstance(o, h5py.Dataset) else None)
+        return arrays
+
+    a, b, c = grown("a.weights.h5"), grown("b.weights.h5"), grown("c.weights.h5", "--seed", "1")
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not all(np.array_equal(u, w) for u, w in zip(a, c))  # the new units' init follows the seed

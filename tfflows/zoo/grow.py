@@ -271,7 +271,13 @@ def main(argv=None):
     p.add_argument("--data", default="mnist", help="images to check the two models on (test split)")
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--out", required=True, help="where to write the grown model's .weights.h5")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the new units' random init (and the new steps' rotations): the same "
+                        "command writes the same file")
     args = p.parse_args(argv)
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
 
     from tfflows import training
     from tfflows.zoo import builders

@@ -38,8 +38,12 @@ width per level, for `tfflows train --arch 'hidden=(160,128)'`):
 
     python -m tfflows.zoo.grow --preset mnist --from pretrained --out grown.weights.h5
     python -m tfflows.zoo.grow --preset mnist --from pretrained --deepen 64 --out k64.weights.h5
-    python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 160 --out wide.weights.h5
-    python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 160,128 --out wide1.weights.h5
+    python -m tfflows.zoo.grow --preset mnist --from pretrained --widen 176,128 --out wide.weights.h5
+    python -m tfflows.zoo.grow --preset mnist --hidden 128 --from k48.weights.h5 --widen 160,128 \
+        --out wide1.weights.h5   # the shipped model's last growth, from the width-128 stage-13 file
+
+The new units' random init follows `--seed` (default 0): the same command
+writes the same file.
 """
 
 import argparse

@@ -262,6 +262,8 @@ def _adopt_checkpoint_config(args, saved):
     with a value other than the checkpoint's is refused, naming it. Returns
     `{key: value}` for the defaults that the checkpoint replaced.
     """
+    if not saved:  # no checkpoint (reported later) or one without a config
+        return {}
     defaults = vars(build_parser().parse_args(["train"]))
     conflicts, adopted = [], {}
     for key in _RESUMED:
@@ -278,7 +280,7 @@ def _adopt_checkpoint_config(args, saved):
             setattr(args, key, value)
             adopted[key] = value
     given = _overrides(args)
-    if given and given != saved.get("overrides", {}):
+    if given and "overrides" in saved and given != saved["overrides"]:
         conflicts.append(f"architecture {given} (checkpoint: {saved.get('overrides', {})})")
     if conflicts:
         raise SystemExit(f"tfflows: --resume {args.resume} continues the checkpoint's training config; "

@@ -243,10 +243,7 @@ def _checkpoint_config(ckpt_dir):
     from tfflows import training
 
     path = training.latest_checkpoint(ckpt_dir)
-    if path is None:
-        return {}
-    with open(os.path.join(path, "state.json")) as f:
-        return json.load(f).get("config") or {}
+    return (training.read_state(path).get("config") or {}) if path is not None else {}
 
 
 # Training-config keys a resumed run takes from its checkpoint (cfg key = train option).
@@ -281,7 +278,7 @@ def _adopt_checkpoint_config(args, saved):
             adopted[key] = value
     given = _overrides(args)
     if given and "overrides" in saved and given != saved["overrides"]:
-        conflicts.append(f"architecture {given} (checkpoint: {saved.get('overrides', {})})")
+        conflicts.append(f"architecture {given} (checkpoint: {saved['overrides']})")
     if conflicts:
         raise SystemExit(f"tfflows: --resume {args.resume} continues the checkpoint's training config; "
                          f"these options differ from it: {'; '.join(conflicts)}. Drop them or pass the "

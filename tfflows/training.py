@@ -81,9 +81,13 @@ def latest_checkpoint(directory):
 def load_checkpoint(path):
     """`(model, state)` from a checkpoint folder (Keras safe_mode loading)."""
     model = keras.saving.load_model(os.path.join(path, "model.keras"), safe_mode=True)
+    return model, read_state(path)
+
+
+def read_state(path):
+    """The `state.json` dict of a checkpoint folder (step, minutes, curve, config)."""
     with open(os.path.join(path, "state.json")) as f:
-        state = json.load(f)
-    return model, state
+        return json.load(f)
 
 
 @contextlib.contextmanager

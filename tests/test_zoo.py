@@ -248,3 +248,77 @@ def test_a_resumed_trunk_counts_only_what_it_trained_after_the_shipped_stage():
     assert [(c["step"], round(c["minutes"], 6)) for c in curve] == [(2000, 30.0)]
     steps, minutes, curve = ship.stage_span(metrics)  # a run from step 0 is all new
     assert steps == 16449 and len(curve) == 4 and curve[0]["step"] == 0
+
+
+def _tiny_glow_with_busy_nets(hidden=64):
+    """A mnist-tiny Glow whose coupling nets all matter (their last convs start at zero)."""
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=hidden)
+    x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
+    model.initialize(x)
+    rng = np.random.default_rng(1)
+    for v in model.weights:
+        if "coupling" in v.path and "kernel" in v.path:
+            shape = tuple(v.shape)
+            v.assign(rng.normal(scale=0.5 / np.sqrt(np.prod(shape[:-1])), size=shape).astype("float32"))
+    return model, x
+
+
+def test_float16_net_kernels_store_only_the_coupling_kernels_and_load_back(tmp_path, monkeypatch):
+    from tfflows import training
+
+    model, x = _tiny_glow_with_busy_nets()
+    f32, f16 = str(tmp_path / "a.weights.h5"), str(tmp_path / "glow-mnist-tiny.weights.h5")
+    training.save_inference_weights(model, f32)
+    training.save_inference_weights(model, f16, net_kernels_float16=True)
+    n16, n = training.float16_entries(f16)
+    assert training.float16_entries(f32) == (0, n) and n == model.count_params()
+    # mnist-tiny at hidden 64: each net's 1x1 conv (64 x 64) and last 3x3 conv (3*3*64*4) are
+    # >= 4096 entries; its first conv, biases and the flow's own parameters stay float32.
+    big = [v for v in model.weights if "coupling" in v.path and "kernel" in v.path and np.prod(v.shape) >= 4096]
+    assert n16 == sum(int(np.prod(v.shape)) for v in big) > 0
+    assert os.path.getsize(f16) < os.path.getsize(f32) - 1.5 * n16
+    assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
+
+    loaded = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=64)
+    loaded.initialize(x)
+    loaded.load_weights(f16)
+    rounded = 0
+    for a, b in zip(model.weights, loaded.weights):
+        assert str(b.dtype) == "float32" and a.path == b.path
+        a, b = to_np(a), to_np(b)
+        if a.size >= 4096 and not np.array_equal(a, b):
+            np.testing.assert_array_equal(b, a.astype("float16").astype("float32"))
+            rounded += a.size
+        else:
+            np.testing.assert_array_equal(b, a)
+    assert rounded == n16
+    bpd32, bpd16 = to_np(model.bits_per_dim(x)), to_np(loaded.bits_per_dim(x))
+    assert not np.array_equal(bpd32, bpd16)  # the rounding reached the model ...
+    np.testing.assert_allclose(bpd16, bpd32, atol=2e-3)  # ... and moved bits/dim by little
+
+    # The shipped-weights path loads it too, after the sha256 check.
+    manifest = {"glow-mnist-tiny": {"file": os.path.basename(f16), "sha256": builders.sha256_file(f16)}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(builders, "MANIFEST", str(tmp_path / "manifest.json"))
+    shipped = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=64, pretrained=True)
+    np.testing.assert_array_equal(to_np(shipped.bits_per_dim(x)), bpd16)
+
+
+@pytest.mark.parametrize("bad, message", [(1e5, r"magnitude 1e\+05, beyond float16's 65504"),
+                                          (np.nan, r"holds NaN or Inf")])
+def test_float16_net_kernels_refuse_what_float16_cannot_hold(tmp_path, bad, message):
+    from tfflows import training
+
+    model, _ = _tiny_glow_with_busy_nets()
+    kernel = next(v for v in model.weights if "coupling" in v.path and "kernel" in v.path
+                  and np.prod(v.shape) >= 4096)
+    value = to_np(kernel).copy()
+    value.flat[3] = bad
+    kernel.assign(value)
+    dst = tmp_path / "kept.weights.h5"
+    dst.write_bytes(b"an earlier file")
+    with pytest.raises(ValueError, match=message):
+        training.save_inference_weights(model, str(dst), net_kernels_float16=True)
+    assert dst.read_bytes() == b"an earlier file"  # nothing already saved is lost
+    assert sorted(os.listdir(tmp_path)) == ["kept.weights.h5"]

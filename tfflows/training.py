@@ -56,13 +56,104 @@ def save_checkpoint(model, directory, state, keep=2):
     return final
 
 
-def save_inference_weights(model, path):
+def save_inference_weights(model, path, net_kernels_float16=False):
     """`.weights.h5` with the model's weights only (Keras 3's `save_weights`
-    also stores a compiled model's optimizer state, tripling the file)."""
+    also stores a compiled model's optimizer state, tripling the file).
+
+    With `net_kernels_float16=True` the coupling networks' large kernels are
+    stored as float16 (see `store_net_kernels_float16`); Keras'
+    `load_weights` casts them back to the variables' float32 on either
+    backend, so the file loads like any other. The file is written under a
+    temporary name and moved into place only when complete.
+    """
     twin = type(model).from_config(model.get_config())
     twin.set_weights(model.get_weights())
-    twin.save_weights(path)
+    if not net_kernels_float16:
+        twin.save_weights(path)
+        return path
+    tmp = f"{path}.tmp-{os.getpid()}.weights.h5"
+    try:
+        twin.save_weights(tmp)
+        store_net_kernels_float16(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def _is_net_kernel(name, dataset, min_size):
+    # Keras stores a layer's variables as `<layer path>/vars/<i>`; a coupling
+    # layer's network is its `net` sublayer (`.../affine_coupling_3/net/conv2/vars/0`).
+    parts = name.split("/")
+    return ("net" in parts[:-2] and dataset.dtype == np.float32 and dataset.ndim >= 2
+            and dataset.size >= min_size)
+
+
+def store_net_kernels_float16(src, dst, min_size=4096):
+    """Copies the Keras `.weights.h5` `src` to `dst`, storing the coupling
+    networks' kernels of `min_size` or more entries as float16 and every
+    other dataset (flow parameters: actnorm, 1x1 convolutions and their LU
+    factors, scales; biases, small kernels) unchanged.
+
+    The coupling networks hold most of a flow's parameters and tolerate
+    float16 rounding (MNIST Glow, issue #11: 94% of the parameters rounded,
+    test bits/dim unchanged to 1e-4), while rounding the flow's own
+    parameters moves its log-determinants. Refuses (`ValueError`, nothing
+    written to `dst`) a kernel that is not finite or that float16 cannot
+    hold (magnitude above 65504). Returns `(n_rounded, n_total)` entries.
+    `dst` is written under a temporary name and then moved into place, so
+    an existing `dst` is only replaced by a complete file.
+    """
+    import h5py
+
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError(f"store_net_kernels_float16: src and dst are the same file ({src}).")
+    counts = [0, 0]
+    tmp = f"{dst}.tmp-{os.getpid()}"
+
+    try:
+        with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
+            fout.attrs.update(fin.attrs)
+
+            def copy(name, obj):
+                if isinstance(obj, h5py.Group):
+                    fout.require_group(name).attrs.update(obj.attrs)
+                    return
+                data = obj[()]
+                counts[1] += int(np.size(data))
+                if _is_net_kernel(name, obj, min_size):
+                    if not np.all(np.isfinite(data)):
+                        raise ValueError(f"{src}: {name} holds NaN or Inf; not converting to float16.")
+                    big = float(np.abs(data).max()) if data.size else 0.0
+                    if big > float(np.finfo(np.float16).max):
+                        raise ValueError(f"{src}: {name} has a value of magnitude {big:.4g}, beyond float16's "
+                                         f"{float(np.finfo(np.float16).max):.0f}; store it as float32.")
+                    data = data.astype(np.float16)
+                    counts[0] += int(data.size)
+                fout.create_dataset(name, data=data).attrs.update(obj.attrs)
+
+            fin.visititems(copy)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return tuple(counts)
+
+
+def float16_entries(path):
+    """`(float16 values, all values)` stored in the `.weights.h5` file `path`."""
+    import h5py
+
+    counts = [0, 0]
+
+    def count(_, obj):
+        if isinstance(obj, h5py.Dataset):
+            counts[1] += int(obj.size)
+            counts[0] += int(obj.size) if obj.dtype == np.float16 else 0
+
+    with h5py.File(path, "r") as f:
+        f.visititems(count)
+    return tuple(counts)
 
 
 def latest_checkpoint(directory):

@@ -227,6 +227,9 @@ def main():
     p.add_argument("--cooldown", action="store_true",
                    help="with --continues: the run is a short decay to a low learning rate from the shipped "
                         "weights (a cooldown branch); the card projects from it and the stage before together")
+    p.add_argument("--net-kernels-float16", action="store_true",
+                   help="store the coupling networks' kernels as float16 (training.store_net_kernels_float16) "
+                        "to fit a wider model under the 15 MB limit; the figures are measured on the rounded weights")
     args = p.parse_args()
     if args.cooldown and not args.continues:  # before the slow evaluation
         p.error("--cooldown needs --continues (a cooldown continues a shipped stage)")
@@ -246,13 +249,26 @@ def main():
             p.error(f"--resumed: the run is at step {metrics['step']}, not past the shipped trunk's step {base_step}")
     model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
     model.load_weights(os.path.join(args.run, "model.weights.h5"))
+    emb = zdata.load_arrays("mnist", "test", limit=500)
+    storage = "float32"
+    if args.net_kernels_float16:
+        # Measure what is shipped: the rounded weights, loaded back from the file.
+        before = training.evaluate_bpd(model, emb, draws=4, seed=1234)[0]
+        rounded = os.path.join(args.run, "ship-net-kernels-float16.weights.h5")
+        training.save_inference_weights(model, rounded, net_kernels_float16=True)
+        n16, n = training.float16_entries(rounded)
+        model.load_weights(rounded)
+        os.remove(rounded)
+        after = training.evaluate_bpd(model, emb, draws=4, seed=1234)[0]
+        storage = (f"coupling-network kernels ({n16:,} of {n:,} values) stored as float16, the rest float32; "
+                   f"embedded 500 test images {before:.5f} bits/dim in float32, {after:.5f} as stored")
+        print(f"{args.key}: {storage}")
 
     test = zdata.load_arrays(args.data, "test")
     by_draw = training.bpd_per_draw(model, test, draws=args.draws, seed=1234)
     mean, se, per_draw = training.summarize_bpd(by_draw)
     for line in draw_outliers(by_draw):
         print(f"{args.key}: {line}")
-    emb = zdata.load_arrays("mnist", "test", limit=500)
     bpd500, se500, _ = training.evaluate_bpd(model, emb, draws=4, seed=1234)
     print(f"{args.key}: test bpd {mean:.4f} ± {se:.4f} ({args.draws} draws {per_draw}); "
           f"embedded 500: {bpd500:.4f}")
@@ -260,7 +276,8 @@ def main():
     os.makedirs(builders.WEIGHTS_DIR, exist_ok=True)
     fname = f"{args.key}.weights.h5"
     dest = os.path.join(builders.WEIGHTS_DIR, fname)
-    training.save_inference_weights(model, dest)  # weights only, no optimizer state
+    # Weights only, no optimizer state; re-rounding float16-rounded kernels is exact.
+    training.save_inference_weights(model, dest, net_kernels_float16=args.net_kernels_float16)
     card_dir = os.path.join(ROOT, "zoo", args.key)
     steps, minutes, curve = stage_span(metrics, base_step, base_min)
     dtype = cfg.get("dtype", "float32")  # runs from before --dtype were float32
@@ -291,7 +308,7 @@ def main():
             for k, v in builders.PRESETS[cfg["model"]][cfg["preset"]].items()}
     arch.update(cfg.get("overrides", {}))
     entry = dict(
-        file=fname, sha256=builders.sha256_file(dest), size_bytes=os.path.getsize(dest),
+        file=fname, sha256=builders.sha256_file(dest), size_bytes=os.path.getsize(dest), storage=storage,
         model=cfg["model"], preset=cfg["preset"], architecture=arch, params=int(model.count_params()),
         test_bpd=round(mean, 4), test_bpd_stderr=round(se, 4), test_images=int(test.shape[0]),
         test_draws=args.draws, test_bpd_per_draw=[round(d, 4) for d in per_draw],
@@ -353,6 +370,7 @@ def write_card(card_dir, args, e, curve, model):
 | preprocessing | uint8 -> uniform dequantization `(x + U[0,1)) / 256` (8 bits); then the model's own bijective preprocessing (counted in bits/dim) |
 | architecture | `{json.dumps(e['architecture'])}` |
 | parameters | {e['params']:,} |
+| storage | {e.get('storage', 'float32')} |
 | **test bits/dim** | **{e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f}** (standard error over 10,000 images; mean of {e['test_draws']} noise draws: {e['test_bpd_per_draw']}) |
 | bits/dim on the 500 test images shipped in the package | {e['embedded_test500_bpd']:.4f} (`tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data mnist --limit 500`; checked by `tests/test_pretrained.py`) |
 | training | {e['train_steps']:,} steps of batch {e['recipe']['batch_size']}, {e['train_minutes']:.1f} minutes ({e['cpu_hours']} CPU-hours) |

@@ -323,7 +323,7 @@ def main(argv=None):
         raise SystemExit(f"tfflows.zoo.grow: the grown model's bits/dim differ by up to "
                          f"{diff:.2e} from the source's; nothing written.")
     training.save_inference_weights(new, args.out)
-    width = (f"--hidden {h_new}" if not isinstance(h_new, list)
+    width = (f"--hidden {h_new}" if not isinstance(h_new, (list, tuple))
              else f"--arch 'hidden=({_width_text(h_new)})'")
     print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
           f"--steps {k_new} {width} --init-from {args.out}")

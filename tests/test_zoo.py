@@ -272,8 +272,9 @@ def test_float16_net_kernels_store_only_the_coupling_kernels_and_load_back(tmp_p
     training.save_inference_weights(model, f16, net_kernels_float16=True)
     n16, n = training.float16_entries(f16)
     assert training.float16_entries(f32) == (0, n) and n == model.count_params()
-    # mnist-tiny at hidden 64: each net's 1x1 conv (64 x 64) and last 3x3 conv (3*3*64*4) are
-    # >= 4096 entries; its first conv, biases and the flow's own parameters stay float32.
+    # mnist-tiny at hidden 64: both nets' 1x1 convs (64*64) and the second level's last 3x3 conv
+    # (3*3*64*8) have >= 4096 entries; the first convs, the first level's last conv (3*3*64*4),
+    # biases and the flow's own parameters stay float32.
     big = [v for v in model.weights if "coupling" in v.path and "kernel" in v.path and np.prod(v.shape) >= 4096]
     assert n16 == sum(int(np.prod(v.shape)) for v in big) > 0
     assert os.path.getsize(f16) < os.path.getsize(f32) - 1.5 * n16

@@ -323,3 +323,32 @@ def test_float16_net_kernels_refuse_what_float16_cannot_hold(tmp_path, bad, mess
         training.save_inference_weights(model, str(dst), net_kernels_float16=True)
     assert dst.read_bytes() == b"an earlier file"  # nothing already saved is lost
     assert sorted(os.listdir(tmp_path)) == ["kept.weights.h5"]
+
+
+def test_ship_live_weights_are_the_last_checkpoints_not_the_ema(tmp_path):
+    from tfflows import cli, training
+
+    run = str(tmp_path / "run")
+    cli.main(["train", "--out", run, "--epochs", "1", "--preset", "mnist-tiny", "--steps", "1", "--hidden", "8",
+              "--batch-size", "32", "--train-images", "256", "--eval-images", "64", "--verbose", "0",
+              "--warmup-steps", "0", "--lr", "3e-3", "--ema", "0.9", "--no-export"])
+    with open(os.path.join(run, "metrics.json")) as f:
+        step = json.load(f)["step"]
+    with open(os.path.join(run, "config.json")) as f:
+        cfg = json.load(f)
+    ship = _ship_module()
+    model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
+    model.load_weights(os.path.join(run, "model.weights.h5"))
+    ema = [to_np(w) for w in model.get_weights()]
+    ckpt = ship.load_live_weights(model, run, step)
+    live, _ = training.load_checkpoint(ckpt)
+    got = [to_np(w) for w in model.get_weights()]
+    want = [to_np(w) for w in live.get_weights()]
+    assert len(got) == len(want) == len(ema)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert any(not np.allclose(g, e) for g, e in zip(got, ema)), "the live weights equal the EMA's"
+    with pytest.raises(ValueError, match=r"is at step %d, not at the run's end \(step %d\)" % (step, step + 1)):
+        ship.load_live_weights(model, run, step + 1)
+    with pytest.raises(ValueError, match=r"has no checkpoint"):
+        ship.load_live_weights(model, str(tmp_path), step)

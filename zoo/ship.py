@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 
+import keras
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -205,6 +206,33 @@ def draw_outliers(by_draw, threshold=0.5, top=5):
     return lines
 
 
+def load_live_weights(model, run, step):
+    """Loads into `model` the live (not moving-average) weights of the last
+    checkpoint of `run`, which must be at `step` (the run's end).
+
+    `tfflows train --ema` writes the EMA of the weights to `model.weights.h5`;
+    late in a cosine decay the live weights can be ahead of that average (issue
+    #11, stage 18). The checkpoint's `model.keras` holds the live weights and is
+    loaded with Keras' `safe_mode`. Returns the checkpoint's path.
+    """
+    ckpt = training.latest_checkpoint(os.path.join(run, "checkpoints"))
+    if ckpt is None:
+        raise ValueError(f"--live-weights: {run} has no checkpoint (checkpoints/LATEST is missing)")
+    at = int(training.read_state(ckpt)["step"])
+    if at != int(step):
+        raise ValueError(f"--live-weights: the last checkpoint {ckpt} is at step {at}, not at the run's "
+                         f"end (step {step}); its weights are not the ones the run finished with")
+    live = keras.saving.load_model(os.path.join(ckpt, "model.keras"), safe_mode=True, compile=False)
+    tmp = os.path.join(run, f"ship-live-{os.getpid()}.weights.h5")
+    try:
+        training.save_inference_weights(live, tmp)
+        model.load_weights(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return ckpt
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--run", required=True)
@@ -230,6 +258,9 @@ def main():
     p.add_argument("--net-kernels-float16", action="store_true",
                    help="store the coupling networks' kernels as float16 (training.store_net_kernels_float16) "
                         "to fit a wider model under the 15 MB limit; the figures are measured on the rounded weights")
+    p.add_argument("--live-weights", action="store_true",
+                   help="ship the live weights of the run's last checkpoint (which must be at the run's end) "
+                        "instead of the EMA that `tfflows train --ema` writes to model.weights.h5")
     args = p.parse_args()
     if args.cooldown and not args.continues:  # before the slow evaluation
         p.error("--cooldown needs --continues (a cooldown continues a shipped stage)")
@@ -249,6 +280,8 @@ def main():
             p.error(f"--resumed: the run is at step {metrics['step']}, not past the shipped trunk's step {base_step}")
     model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
     model.load_weights(os.path.join(args.run, "model.weights.h5"))
+    if args.live_weights:
+        print(f"{args.key}: live weights of {load_live_weights(model, args.run, metrics['step'])}")
     emb = zdata.load_arrays("mnist", "test", limit=500)
     storage = "float32"
     if args.net_kernels_float16:
@@ -285,7 +318,8 @@ def main():
                  cpu_hours=round(args.cpu_hours if args.cpu_hours is not None else args.cores * minutes / 60.0, 2),
                  cores=args.cores, run_step=int(metrics["step"]), run_minutes=round(metrics["train_minutes"], 3),
                  recipe=dict(lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], decay=cfg["decay"],
-                             decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype),
+                             decay_steps=cfg.get("decay_steps"), ema=cfg.get("ema"), dtype=dtype,
+                             weights="live" if args.live_weights else ("ema" if cfg.get("ema") else "live")),
                  date=datetime.date.today().isoformat(), hardware=args.hardware_note,
                  test_bpd=round(mean, 4))
     if args.cooldown:
@@ -319,6 +353,7 @@ def main():
         stages=stages,
         recipe=dict(batch_size=cfg["batch_size"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"],
                     decay=cfg["decay"], clipnorm=cfg["clipnorm"], ema=cfg.get("ema"), optimizer="Adam", jit=cfg["jit"],
+                    weights=stage["recipe"]["weights"],
                     dtype=dtype,
                     backend=cfg["backend"], dequantization="uniform, 8-bit"),
         command=" && ".join(st["command"] for st in stages),
@@ -336,6 +371,16 @@ def main():
         json.dump(curve, f, indent=1)
     write_card(card_dir, args, entry, curve, model)
     print(f"shipped {dest} ({entry['size_bytes'] / 1e6:.2f} MB) and {card_dir}/")
+
+
+def weights_text(recipe):
+    """The recipe row's words for which weights were shipped."""
+    if not recipe.get("ema"):
+        return "no weight averaging"
+    if recipe.get("weights") == "live":
+        return (f"weights = the live training weights of the run's last checkpoint (`zoo/ship.py --live-weights`), "
+                f"not the EMA (momentum {recipe['ema']}) that `tfflows train` writes")
+    return f"weights = EMA of the training weights (momentum {recipe['ema']})"
 
 
 def write_card(card_dir, args, e, curve, model):
@@ -374,8 +419,8 @@ def write_card(card_dir, args, e, curve, model):
 | **test bits/dim** | **{e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f}** (standard error over 10,000 images; mean of {e['test_draws']} noise draws: {e['test_bpd_per_draw']}) |
 | bits/dim on the 500 test images shipped in the package | {e['embedded_test500_bpd']:.4f} (`tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data mnist --limit 500`; checked by `tests/test_pretrained.py`) |
 | training | {e['train_steps']:,} steps of batch {e['recipe']['batch_size']}, {e['train_minutes']:.1f} minutes ({e['cpu_hours']} CPU-hours) |
-| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min ({st['cpu_hours']} CPU-hours), {st['recipe'].get('dtype', 'float32')}, lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") + (f" ({st['hardware']})" if st.get('hardware') else "") for i, st in enumerate(e['stages']))} |
-| recipe (last stage) | Adam lr {e['recipe']['lr']}, linear warm-up {e['recipe']['warmup_steps']} steps, decay {e['recipe']['decay']}, global-norm clip {e['recipe']['clipnorm']}, {f"weights = EMA of the training weights (momentum {e['recipe']['ema']})" if e['recipe'].get('ema') else "no weight averaging"}, backend {e['recipe']['backend']}, jit {e['recipe']['jit']} |
+| stages | {'; '.join(f"{i + 1}: {st['steps']:,} steps, {st['minutes']} min ({st['cpu_hours']} CPU-hours), {st['recipe'].get('dtype', 'float32')}, lr {st['recipe']['lr']} decay {st['recipe']['decay']}" + (f", EMA {st['recipe']['ema']}" if st['recipe'].get('ema') else "") + (", ships its live weights" if st['recipe'].get('ema') and st['recipe'].get('weights') == "live" else "") + (f" ({st['hardware']})" if st.get('hardware') else "") for i, st in enumerate(e['stages']))} |
+| recipe (last stage) | Adam lr {e['recipe']['lr']}, linear warm-up {e['recipe']['warmup_steps']} steps, decay {e['recipe']['decay']}, global-norm clip {e['recipe']['clipnorm']}, {weights_text(e['recipe'])}, backend {e['recipe']['backend']}, jit {e['recipe']['jit']} |
 | hardware | {e['hardware']} |
 | date | {e['date']} |
 {nice_note}

@@ -326,12 +326,11 @@ def test_float16_net_kernels_refuse_what_float16_cannot_hold(tmp_path, bad, mess
 
 
 def test_ship_live_weights_are_the_last_checkpoints_not_the_ema(tmp_path):
+    from test_cli import TINY
     from tfflows import cli, training
 
     run = str(tmp_path / "run")
-    cli.main(["train", "--out", run, "--epochs", "1", "--preset", "mnist-tiny", "--steps", "1", "--hidden", "8",
-              "--batch-size", "32", "--train-images", "256", "--eval-images", "64", "--verbose", "0",
-              "--warmup-steps", "0", "--lr", "3e-3", "--ema", "0.9", "--no-export"])
+    cli.main(["train", "--out", run, "--epochs", "1", *TINY, "--ema", "0.9", "--no-export"])
     with open(os.path.join(run, "metrics.json")) as f:
         step = json.load(f)["step"]
     with open(os.path.join(run, "config.json")) as f:

@@ -16,7 +16,6 @@ import os
 import platform
 import sys
 
-import keras
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,14 +221,8 @@ def load_live_weights(model, run, step):
     if at != int(step):
         raise ValueError(f"--live-weights: the last checkpoint {ckpt} is at step {at}, not at the run's "
                          f"end (step {step}); its weights are not the ones the run finished with")
-    live = keras.saving.load_model(os.path.join(ckpt, "model.keras"), safe_mode=True, compile=False)
-    tmp = os.path.join(run, f"ship-live-{os.getpid()}.weights.h5")
-    try:
-        training.save_inference_weights(live, tmp)
-        model.load_weights(tmp)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    live, _ = training.load_checkpoint(ckpt)
+    model.set_weights(live.get_weights())
     return ckpt
 
 

@@ -7,6 +7,7 @@ loop of `time_to_bpd`. The PyTorch workers import this module too, so it must
 not import TensorFlow, JAX or Keras.
 """
 
+import datetime
 import importlib.util
 import json
 import math
@@ -20,7 +21,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
 SHARED_TOOLS = os.environ.get("SHARED_TOOLS", os.path.join(SHARED_DIR, "tools"))
-RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")  # one folder per run: see run_results_dir
 
 # The seed of the fixed evaluation noise; the shared baseline scripts use it too.
 EVAL_NOISE_SEED = 12345
@@ -47,19 +48,70 @@ def add_model_args(p):
     return p
 
 
-def tfflows_train_default_impl(cpuinfo="/proc/cpuinfo"):
-    """The benchmark row that matches what `tfflows train --dtype auto` runs on
-    this CPU: bfloat16 coupling nets where the CPU has AVX512_BF16 or AMX
-    (`tfflows.distribute.resolve_dtype`), float32 elsewhere. It reads the
-    flags as `tfflows.distribute.cpu_bf16_flags` does, without importing it:
-    that would load TensorFlow into the drivers, which only spawn the timed
-    workers."""
+def _cpuinfo_fields(cpuinfo="/proc/cpuinfo"):
+    """The first value of each `key : value` line of `cpuinfo` (`{}` if unreadable)."""
+    fields = {}
     try:
         with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
-        flags = []
-    return "tfflows-tf-jit-off-bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "tfflows-tf-jit-off"
+        pass
+    return fields
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The instruction-set flags of the first CPU in `cpuinfo` (empty if unreadable)."""
+    return set(_cpuinfo_fields(cpuinfo).get("flags", "").split())
+
+
+def tfflows_train_default_impl(cpuinfo="/proc/cpuinfo"):
+    """The benchmark row that matches what `tfflows train --dtype auto` runs on
+    this CPU: bfloat16 coupling nets where the CPU has AVX512_BF16 or AMX,
+    float32 elsewhere. It reads the CPU flags itself rather than importing
+    tfflows: that would load TensorFlow into the drivers, which only spawn the
+    timed workers."""
+    return "tfflows-tf-jit-off-bf16" if {"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo) else "tfflows-tf-jit-off"
+
+
+# CPU families named in /proc/cpuinfo's "model name", most specific first.
+_CPU_FAMILIES = ("epyc", "threadripper", "ryzen", "opteron", "xeon", "core", "pentium", "celeron", "atom")
+_CPU_VENDORS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+# The fastest matmul instructions a CPU has: (cpuinfo flag, slug).
+_MATMUL_ISAS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
+def machine_slug(cpuinfo="/proc/cpuinfo", cpu_count=None):
+    """A short name of this machine for result folders: CPU family, its fastest
+    matmul instructions and the core count, e.g. `epyc-avx512bf16-2core` or
+    `xeon-amx-2core`; `unknown-2core` where /proc/cpuinfo names no CPU."""
+    fields = _cpuinfo_fields(cpuinfo)
+    model = fields.get("model name", "").lower()
+    family = next((name for name in _CPU_FAMILIES if name in model),
+                  _CPU_VENDORS.get(fields.get("vendor_id", ""), "unknown"))
+    flags = set(fields.get("flags", "").split())
+    isa = next((slug for flag, slug in _MATMUL_ISAS if flag in flags), None)
+    cores = os.cpu_count() if cpu_count is None else cpu_count
+    return "-".join([family] + ([isa] if isa else []) + [f"{cores or 'unknown'}core"])
+
+
+def run_results_dir(*outputs, date=None, machine=None, root=RESULTS_DIR):
+    """The folder a new run writes into: `benchmarks/results/<YYYY-MM-DD>-<machine>/`,
+    today's date and `machine_slug()` by default (not created here).
+
+    Runs of different scripts on one day and machine share the folder (a
+    throughput run and a time-to-quality run back to back). When it already
+    holds one of `outputs` (the file names this script writes), the run goes
+    to the first of `<date>-<machine>-2`, `-3`, ... that does not.
+    """
+    base = f"{date or datetime.date.today().isoformat()}-{machine or machine_slug()}"
+    path, n = os.path.join(root, base), 1
+    while any(os.path.exists(os.path.join(path, name)) for name in outputs):
+        n += 1
+        path = os.path.join(root, f"{base}-{n}")
+    return path
 
 
 def default_data():

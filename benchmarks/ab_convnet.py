@@ -13,9 +13,13 @@ Variants (all keep `ConvNet`'s weights and their shapes, so checkpoints load
 unchanged; keras.ops only, so they run on TF and JAX):
 
 * `base`: the three plain `keras.layers.Conv2D` calls (tfflows before the
-  proposal was applied; `fast` is what `ConvNet.call` ships now).
+  proposal was applied).
 * `mm1x1`: the 1x1 conv as one matmul over the channel axis.
-* `fast`: the proposal (`proposals/convnet_matmul.diff`): `mm1x1`, plus each
+* `fast`: the proposal as it landed in session 2 (`_conv_same_as_matmul` in
+  `tfflows/layers/nets.py`; the reviewed diff is
+  `git show c29d017:benchmarks/proposals/convnet_matmul.diff`; session 3
+  reworked the shipped code into constant 0/1 convolutions at every width):
+  `mm1x1`, plus each
   3x3 "same" conv with a narrow side (<= 128 / 9 channels) and a wide side
   (>= 256 channels) as matmuls: the input conv (few input channels) as
   im2col, i.e. 9 shifted copies of the small input concatenated then one
@@ -36,7 +40,7 @@ from benchmarks._common import default_data, emit, load_mnist, random_batches  #
 VARIANTS = ["base", "mm1x1", "fast"]
 
 
-# -- the proposed code: `_conv_same_as_matmul` of proposals/convnet_matmul.diff ----
+# -- the proposed code: `_conv_same_as_matmul` as in the session-2 diff (see above) ----
 # k x k convs run as matmuls only when one side is narrow and the other wide:
 # the shifts cost about as much as a narrow conv, so below ~256 channels on the
 # wide side the plain conv is faster (measured: hidden 64: 0.8x, 400: 1.14x).
@@ -57,7 +61,7 @@ def _shift(v, dy, dx):
 def _conv_same(conv, x, kxk=True):
     """`conv(x)` for a stride-1 "same" channels-last `Conv2D`, computed with matmuls.
 
-    As `_conv_same_as_matmul` in `proposals/convnet_matmul.diff`; `kxk=False`
+    As `_conv_same_as_matmul` in the session-2 diff (module doc); `kxk=False`
     leaves k x k convs to `conv` (the `mm1x1` variant).
     """
     from keras import ops

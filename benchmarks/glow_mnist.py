@@ -19,7 +19,8 @@ Each prints one JSON line (params, first_step_s, train_img_s, bpd_end, nan,
 sample64_s, peak_rss_mb, ...); this driver adds the training FLOP rate and its
 fraction of the matmul peak, re-prints the lines, prints the tfflows /
 baseline ratios and the issue's targets, and writes everything to
-`--out-dir/glow_mnist.json`. Nothing runs in parallel.
+`--out-dir/glow_mnist.json` (default `benchmarks/results/<date>-<machine>/`,
+see `_common.run_results_dir`). Nothing runs in parallel.
 """
 import argparse
 import datetime
@@ -35,8 +36,8 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import (REPO_ROOT, RESULTS_DIR, SHARED_TOOLS, add_model_args, default_data,  # noqa: E402
-                               last_json_line)
+from benchmarks._common import (REPO_ROOT, SHARED_TOOLS, add_model_args, default_data,  # noqa: E402
+                               last_json_line, run_results_dir)
 from benchmarks.flops import glow_flops  # noqa: E402
 
 TORCH_PYTHON = os.environ.get("TORCH_PYTHON", "/tmp/torchenv/bin/python")
@@ -86,10 +87,13 @@ def parse_args(argv=None):
     p.add_argument("--peak-n", type=int, default=4096, help="matmul size for the peak")
     p.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per implementation")
-    p.add_argument("--out-dir", default=RESULTS_DIR)
+    p.add_argument("--out-dir", default=None,
+                   help="default: benchmarks/results/<YYYY-MM-DD>-<machine>/ (today, this machine)")
     p.add_argument("--nice", type=int, default=0,
                    help="run the children under `nice -n N` (0: as is)")
     args = p.parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = run_results_dir("glow_mnist.json")
     args.impls = [s.strip() for s in args.impls.split(",") if s.strip()]
     unknown = [s for s in args.impls if s not in IMPLS]
     if unknown:

@@ -13,7 +13,9 @@ noise. The training clock counts every train step including the first
 during evaluation.
 
 Writes `--out-dir/time_to_bpd.json` (curves, per-step train bits/dim,
-summary) and `--out-dir/time_to_bpd.png` (test bits/dim against minutes),
+summary) and `--out-dir/time_to_bpd.png` (test bits/dim against minutes;
+`--out-dir` defaults to `benchmarks/results/<date>-<machine>/`, see
+`_common.run_results_dir`),
 and prints the comparison the issue asks for: at equal minutes, tfflows
 against normflows, and the minutes tfflows needs to reach normflows' final
 bits/dim (first passage, linear between evaluations; with the half-budget
@@ -30,7 +32,8 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import RESULTS_DIR, add_model_args, default_data, tfflows_train_default_impl  # noqa: E402
+from benchmarks._common import (add_model_args, default_data, run_results_dir,  # noqa: E402
+                                tfflows_train_default_impl)
 from benchmarks.glow_mnist import TORCH_PYTHON, machine_info, run_child, warn_if_busy  # noqa: E402
 from benchmarks.ttb_worker import IMPLS  # noqa: E402
 
@@ -48,9 +51,12 @@ def parse_args(argv=None):
     p.add_argument("--data", default=default_data())
     p.add_argument("--tf-python", default=sys.executable)
     p.add_argument("--torch-python", default=TORCH_PYTHON)
-    p.add_argument("--out-dir", default=RESULTS_DIR)
+    p.add_argument("--out-dir", default=None,
+                   help="default: benchmarks/results/<YYYY-MM-DD>-<machine>/ (today, this machine)")
     p.add_argument("--nice", type=int, default=0, help="run the workers under `nice -n N`")
     args = p.parse_args(argv)
+    if args.out_dir is None:
+        args.out_dir = run_results_dir("time_to_bpd.json", "time_to_bpd.png")
     args.impls = [s.strip() for s in args.impls.split(",") if s.strip()]
     unknown = [s for s in args.impls if s not in IMPLS]
     if unknown:

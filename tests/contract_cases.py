@@ -1,49 +1,97 @@
-"""The contract registry: one small instance per flow layer, with an input shape.
+"""The contract registry: one small case per flow layer, declaring its capabilities.
 
 Every class in `tfflows.layers.LAYER_REGISTRY` must have at least one case
-here; `test_every_layer_has_a_contract_case` enforces it.
+here (`test_every_layer_has_a_contract_case`). A case builds a small
+instance in a given dtype (`make(dtype)`), says which input it takes, and
+declares what the layer can do: how each direction is computed
+(`"analytic"`, `"sequential"`, `"iterative"` or `None`), whether its log-det
+is exact, and the context it conditions on. The suite in
+`test_contract.py` checks every declared direction and checks that the
+layer declares the same capabilities itself. A new family needs only new
+cases.
 """
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from tfflows import layers as L
 
 
-def _glow_step(c_hidden=8):
-    return L.FlowSequence([L.ActNorm(), L.Invertible1x1Conv(seed=1), L.AffineCoupling(hidden=c_hidden)])
+@dataclass(frozen=True)
+class Case:
+    make: Callable  # dtype -> a fresh, unbuilt layer
+    shape: tuple  # input shape, batch axis first
+    inputs: str = "normal"  # "normal" (N(0, 1)) or "unit" (uniform in [0.05, 0.95])
+    forward: Optional[str] = "analytic"  # how data -> latent is computed; None: unavailable
+    inverse: Optional[str] = "analytic"  # how latent -> data is computed; None: unavailable
+    log_det: str = "exact"  # "exact" or "estimate"
+    context_shape: Optional[tuple] = None  # event shape of the context, for conditional cases
+    tolerances: dict = field(default_factory=dict)  # per-case overrides, each with a reason
 
 
-# id -> (factory, input shape with batch axis, input range)
+def _glow_step(dtype, c_hidden=8):
+    return L.FlowSequence([L.ActNorm(dtype=dtype), L.Invertible1x1Conv(seed=1, dtype=dtype),
+                           L.AffineCoupling(hidden=c_hidden, dtype=dtype)], dtype=dtype)
+
+
+def _multiscale(dtype):
+    return L.FlowSequence([
+        L.Squeeze(dtype=dtype), L.ActNorm(dtype=dtype), L.AffineCoupling(hidden=8, dtype=dtype),
+        L.Split(dtype=dtype), L.Squeeze(dtype=dtype), L.Invertible1x1Conv(seed=2, dtype=dtype),
+        L.AffineCoupling(hidden=8, dtype=dtype),
+    ], dtype=dtype)
+
+
+def _conditional_multiscale(dtype):
+    c = (3,)
+    return L.FlowSequence([
+        L.Squeeze(dtype=dtype), L.AffineCoupling(hidden=8, context_shape=c, dtype=dtype),
+        L.Split(context_shape=c, dtype=dtype), L.Coupling("additive", hidden=8, context_shape=c, dtype=dtype),
+    ], dtype=dtype)
+
+
 CASES = {
-    "AdditiveCoupling-channel-vector": (lambda: L.AdditiveCoupling(hidden=8), (3, 6), "normal"),
-    "AdditiveCoupling-checkerboard-image": (
-        lambda: L.AdditiveCoupling(mask="checkerboard", hidden=8), (2, 4, 4, 2), "normal"),
-    "AdditiveCoupling-user-net": (
-        lambda: L.AdditiveCoupling(mask="checkerboard", net=L.DenseNet(8, 6, depth=1, name="user_net")),
-        (3, 6), "normal"),
-    "AffineCoupling-channel-image": (lambda: L.AffineCoupling(hidden=8), (2, 4, 4, 4), "normal"),
-    "AffineCoupling-channel-reverse-odd": (
-        lambda: L.AffineCoupling(reverse=True, hidden=8), (2, 3, 3, 3), "normal"),
-    "AffineCoupling-checkerboard-exp": (
-        lambda: L.AffineCoupling(mask="checkerboard", scale="exp", hidden=8), (2, 4, 4, 2), "normal"),
-    "AffineCoupling-checkerboard-vector": (
-        lambda: L.AffineCoupling(mask="checkerboard", hidden=8), (3, 6), "normal"),
-    "ActNorm": (lambda: L.ActNorm(), (2, 3, 3, 4), "normal"),
-    "DiagonalScaling": (lambda: L.DiagonalScaling(), (3, 8), "normal"),
-    "Invertible1x1Conv-lu": (lambda: L.Invertible1x1Conv(seed=0), (2, 3, 3, 4), "normal"),
-    "Invertible1x1Conv-plain": (lambda: L.Invertible1x1Conv(lu=False, seed=0), (2, 3, 3, 4), "normal"),
-    "Permute": (lambda: L.Permute(seed=3), (2, 2, 2, 5), "normal"),
-    "Reverse": (lambda: L.Reverse(), (3, 5), "normal"),
-    "Squeeze": (lambda: L.Squeeze(), (2, 4, 4, 2), "normal"),
-    "Unsqueeze": (lambda: L.Unsqueeze(), (2, 2, 2, 8), "normal"),
-    "Reshape": (lambda: L.Reshape((18,)), (2, 3, 3, 2), "normal"),
-    "Split-learned-prior": (lambda: L.Split(), (2, 3, 3, 4), "normal"),
-    "Split-vector-keep3": (lambda: L.Split(keep=3), (2, 5), "normal"),
-    "Rescale": (lambda: L.Rescale(2.0, -1.0), (3, 2, 2, 1), "unit"),
-    "LogitTransform": (lambda: L.LogitTransform(alpha=0.05), (3, 2, 2, 2), "unit"),
-    "FlowSequence-glow-step": (_glow_step, (2, 3, 3, 4), "normal"),
-    "FlowSequence-multiscale": (
-        lambda: L.FlowSequence([
-            L.Squeeze(), L.ActNorm(), L.AffineCoupling(hidden=8), L.Split(),
-            L.Squeeze(), L.Invertible1x1Conv(seed=2), L.AffineCoupling(hidden=8),
-        ]),
-        (2, 4, 4, 1), "unit"),
+    "Coupling-affine-exp-vector": Case(
+        lambda dt: L.Coupling({"name": "affine", "scale": "exp"}, hidden=8, dtype=dt), (3, 5)),
+    "Coupling-additive-conditional-image": Case(
+        lambda dt: L.Coupling("additive", mask="checkerboard", hidden=8, context_shape=(3,), dtype=dt),
+        (2, 4, 4, 2), context_shape=(3,)),
+    "Coupling-affine-conditional-image-context": Case(
+        lambda dt: L.Coupling("affine", hidden=8, context_shape=(4, 4, 1), dtype=dt),
+        (2, 4, 4, 2), context_shape=(4, 4, 1)),
+    "AdditiveCoupling-channel-vector": Case(lambda dt: L.AdditiveCoupling(hidden=8, dtype=dt), (3, 6)),
+    "AdditiveCoupling-checkerboard-image": Case(
+        lambda dt: L.AdditiveCoupling(mask="checkerboard", hidden=8, dtype=dt), (2, 4, 4, 2)),
+    "AdditiveCoupling-user-net": Case(
+        lambda dt: L.AdditiveCoupling(mask="checkerboard",
+                                      net=L.DenseNet(8, 6, depth=1, name="user_net", dtype=dt), dtype=dt),
+        (3, 6)),
+    "AffineCoupling-channel-image": Case(lambda dt: L.AffineCoupling(hidden=8, dtype=dt), (2, 4, 4, 4)),
+    "AffineCoupling-channel-reverse-odd": Case(
+        lambda dt: L.AffineCoupling(reverse=True, hidden=8, dtype=dt), (2, 3, 3, 3)),
+    "AffineCoupling-checkerboard-exp": Case(
+        lambda dt: L.AffineCoupling(mask="checkerboard", scale="exp", hidden=8, dtype=dt), (2, 4, 4, 2)),
+    "AffineCoupling-checkerboard-vector": Case(
+        lambda dt: L.AffineCoupling(mask="checkerboard", hidden=8, dtype=dt), (3, 6)),
+    "AffineCoupling-conditional-vector": Case(
+        lambda dt: L.AffineCoupling(hidden=8, context_shape=(2,), dtype=dt), (3, 4), context_shape=(2,)),
+    "ActNorm": Case(lambda dt: L.ActNorm(dtype=dt), (2, 3, 3, 4)),
+    "DiagonalScaling": Case(lambda dt: L.DiagonalScaling(dtype=dt), (3, 8)),
+    "Invertible1x1Conv-lu": Case(lambda dt: L.Invertible1x1Conv(seed=0, dtype=dt), (2, 3, 3, 4)),
+    "Invertible1x1Conv-plain": Case(lambda dt: L.Invertible1x1Conv(lu=False, seed=0, dtype=dt), (2, 3, 3, 4)),
+    "Permute": Case(lambda dt: L.Permute(seed=3, dtype=dt), (2, 2, 2, 5)),
+    "Reverse": Case(lambda dt: L.Reverse(dtype=dt), (3, 5)),
+    "Squeeze": Case(lambda dt: L.Squeeze(dtype=dt), (2, 4, 4, 2)),
+    "Unsqueeze": Case(lambda dt: L.Unsqueeze(dtype=dt), (2, 2, 2, 8)),
+    "Reshape": Case(lambda dt: L.Reshape((18,), dtype=dt), (2, 3, 3, 2)),
+    "Split-learned-prior": Case(lambda dt: L.Split(dtype=dt), (2, 3, 3, 4)),
+    "Split-vector-keep3": Case(lambda dt: L.Split(keep=3, dtype=dt), (2, 5)),
+    "Split-conditional-vector": Case(
+        lambda dt: L.Split(context_shape=(2,), dtype=dt), (2, 4), context_shape=(2,)),
+    "Rescale": Case(lambda dt: L.Rescale(2.0, -1.0, dtype=dt), (3, 2, 2, 1), inputs="unit"),
+    "LogitTransform": Case(lambda dt: L.LogitTransform(alpha=0.05, dtype=dt), (3, 2, 2, 2), inputs="unit"),
+    "FlowSequence-glow-step": Case(_glow_step, (2, 3, 3, 4)),
+    "FlowSequence-multiscale": Case(_multiscale, (2, 4, 4, 1), inputs="unit"),
+    "FlowSequence-conditional-multiscale": Case(
+        _conditional_multiscale, (2, 4, 4, 1), inputs="unit", context_shape=(3,)),
 }

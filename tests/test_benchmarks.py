@@ -1,6 +1,7 @@
 """The time-to-quality benchmark's bookkeeping (no framework, no training)."""
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -86,3 +87,56 @@ def test_tfflows_train_default_row_follows_the_cpu_flags(tmp_path):
     assert _common.tfflows_train_default_impl(str(with_bf16)) == "tfflows-tf-jit-off-bf16"
     assert _common.tfflows_train_default_impl(str(without)) == "tfflows-tf-jit-off"
     assert _common.tfflows_train_default_impl(str(tmp_path / "missing")) == "tfflows-tf-jit-off"
+
+
+def test_machine_slug_names_family_matmul_isa_and_cores(tmp_path):
+    xeon = tmp_path / "xeon"
+    xeon.write_text("vendor_id : GenuineIntel\nmodel name : Intel(R) Xeon(R) Processor\n"
+                    "flags : fpu avx2 avx512f avx512_bf16 amx_bf16\n\nprocessor : 1\nmodel name : other\n")
+    epyc = tmp_path / "epyc"
+    epyc.write_text("vendor_id : AuthenticAMD\nmodel name : AMD EPYC 9R14 96-Core Processor\n"
+                    "flags : fpu avx2 avx512f avx512_bf16\n")
+    plain = tmp_path / "plain"
+    plain.write_text("vendor_id : AuthenticAMD\nmodel name : AMD Eng Sample\nflags : fpu avx2\n")
+    assert _common.machine_slug(str(xeon), cpu_count=2) == "xeon-amx-2core"
+    assert _common.machine_slug(str(epyc), cpu_count=2) == "epyc-avx512bf16-2core"
+    assert _common.machine_slug(str(plain), cpu_count=16) == "amd-avx2-16core"
+    assert _common.machine_slug(str(tmp_path / "missing"), cpu_count=2) == "unknown-2core"
+
+
+def test_run_results_dir_is_date_machine_and_never_overwrites(tmp_path):
+    first = _common.run_results_dir("time_to_bpd.json", date="2026-12-01", machine="xeon-amx-2core",
+                                    root=str(tmp_path))
+    assert first == str(tmp_path / "2026-12-01-xeon-amx-2core")
+    os.makedirs(first)
+    open(os.path.join(first, "glow_mnist.json"), "w").close()
+    # Another script's run on the same day and machine shares the folder ...
+    assert _common.run_results_dir("time_to_bpd.json", date="2026-12-01", machine="xeon-amx-2core",
+                                   root=str(tmp_path)) == first
+    # ... a second run of the same script gets the next free suffix.
+    assert _common.run_results_dir("glow_mnist.json", date="2026-12-01", machine="xeon-amx-2core",
+                                   root=str(tmp_path)) == first + "-2"
+    assert os.path.basename(_common.run_results_dir("x.json", root=str(tmp_path))).startswith(
+        f"{_common.datetime.date.today().isoformat()}-")
+
+
+def test_drivers_default_to_a_dated_machine_folder():
+    from benchmarks import glow_mnist
+
+    for parse in (glow_mnist.parse_args, time_to_bpd.parse_args):
+        out = parse([]).out_dir
+        assert os.path.dirname(out) == _common.RESULTS_DIR
+        assert re.match(r"\d{4}-\d{2}-\d{2}-[a-z0-9-]+$", os.path.basename(out))
+        assert parse(["--out-dir", "/tmp/bench"]).out_dir == "/tmp/bench"
+
+
+def test_committed_results_are_in_indexed_date_machine_folders():
+    entries = sorted(os.listdir(_common.RESULTS_DIR))
+    with open(os.path.join(_common.RESULTS_DIR, "README.md")) as f:
+        index = f.read()
+    folders = [e for e in entries if e != "README.md"]
+    assert folders and "README.md" in entries
+    for name in folders:
+        assert os.path.isdir(os.path.join(_common.RESULTS_DIR, name)), name
+        assert re.match(r"\d{4}-\d{2}-\d{2}-[a-z0-9]+(-[a-z0-9]+)*$", name), name
+        assert f"`{name}/`" in index, f"{name} is missing from benchmarks/results/README.md"

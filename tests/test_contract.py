@@ -1,10 +1,15 @@
-"""The shared invariant suite, parametrised over every flow layer.
+"""The shared invariant suite (contract v2), parametrised over every flow layer.
 
-Runs on the active Keras backend; `test_contract_under_jax` reruns this file
-in a subprocess with KERAS_BACKEND=jax.
+Each case in `contract_cases.CASES` declares its capabilities; every
+direction it has gets the round trip, the float64 log-det against the
+autodiff Jacobian, cancelling log-dets, `call == forward[0]`, the shape
+methods, context checks and one compiled `fit` step. Runs on the active
+Keras backend; `test_contract_under_jax` reruns this file in a subprocess
+with KERAS_BACKEND=jax (and float64 enabled in JAX).
 """
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -13,36 +18,71 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import LOG_DET_ATOL, LOG_DET_CANCEL_ATOL, ROUND_TRIP_RTOL, backend, to_np
+from conftest import LOG_DET_CANCEL_ATOL, ROUND_TRIP_RTOL, backend, to_np
 from contract_cases import CASES
 from tfflows.layers import LAYER_REGISTRY, FlowLayer
 
 IDS = sorted(CASES)
+# float64 tolerances: the log-det against the autodiff Jacobian's log|det|
+# (relative, with a floor for log-dets near 0), and the round trip.
+LOG_DET_F64_RTOL = 1e-6
+LOG_DET_F64_ATOL = 1e-9
+ROUND_TRIP_F64_RTOL = 1e-10
 
 
-def make(case_id, perturb=True, seed=0):
-    """A built instance on its input, with every weight perturbed.
+def _tol(case_id, name, default):
+    return CASES[case_id].tolerances.get(name, default)
+
+
+def _data(case_id, dtype="float32", seed=0):
+    case = CASES[case_id]
+    rng = np.random.default_rng(seed)
+    if case.inputs == "unit":
+        x = rng.uniform(0.05, 0.95, size=case.shape)
+    else:
+        x = rng.standard_normal(case.shape)
+    c = None
+    if case.context_shape is not None:
+        c = rng.standard_normal((case.shape[0],) + tuple(case.context_shape)).astype(dtype)
+    return x.astype(dtype), c
+
+
+def make(case_id, perturb=True, seed=0, dtype="float32"):
+    """A built instance on its input, with every weight perturbed; returns
+    `(layer, x, context)`.
 
     Perturbing matters: zero-initialised coupling nets make a fresh layer
-    the identity, which would pass a round trip that applies forward twice.
+    the identity, which would pass a round trip that applies forward twice
+    and would ignore its context.
     """
-    factory, shape, kind = CASES[case_id]
-    rng = np.random.default_rng(seed)
-    if kind == "unit":
-        x = rng.uniform(0.05, 0.95, size=shape).astype("float32")
+    case = CASES[case_id]
+    x, c = _data(case_id, dtype, seed)
+    layer = case.make(dtype)
+    rng = np.random.default_rng(seed + 1)
+    if case.forward is not None:
+        layer.initialize(x, context=c) if layer.needs_initialization else layer.forward(x, context=c)
     else:
-        x = rng.standard_normal(shape).astype("float32")
-    layer = factory()
-    layer.forward(x)
+        layer.inverse(x, context=c)
     if perturb:
         for w in layer.trainable_weights:
-            noise = 0.2 * rng.standard_normal(tuple(w.shape)).astype("float32")
-            w.assign(w.value + noise)
-    return layer, x
+            noise = 0.2 * rng.standard_normal(tuple(w.shape))
+            w.assign(w.value + noise.astype(dtype))
+    return layer, x, c
 
 
+def _has(case_id, direction):
+    return getattr(CASES[case_id], direction) is not None
+
+
+def _needs(case_id, *directions):
+    missing = [d for d in directions if not _has(case_id, d)]
+    if missing:
+        pytest.skip(f"{case_id} declares no {' or '.join(missing)} direction")
+
+
+# -- the registry ---------------------------------------------------------------------
 def test_every_layer_has_a_contract_case():
-    covered = {CASES[c][0]().__class__.__name__ for c in CASES}
+    covered = {type(CASES[c].make("float32")).__name__ for c in CASES}
     missing = sorted(set(LAYER_REGISTRY) - covered)
     assert not missing, f"flow layers without a contract case: {missing}"
 
@@ -51,137 +91,269 @@ def test_every_exported_flow_layer_is_registered():
     import tfflows.layers as L
 
     exported = {n for n in L.__all__ if isinstance(getattr(L, n), type)
-                and issubclass(getattr(L, n), FlowLayer) and n != "FlowLayer"}
+                and issubclass(getattr(L, n), FlowLayer) and n not in ("FlowLayer", "FactorOut")}
     assert exported <= set(LAYER_REGISTRY), exported - set(LAYER_REGISTRY)
 
 
 @pytest.mark.parametrize("case_id", IDS)
+def test_layer_declares_the_cases_capabilities(case_id):
+    case = CASES[case_id]
+    layer = case.make("float32")
+    assert (layer.forward_mode, layer.inverse_mode, layer.log_det_kind) == (case.forward, case.inverse, case.log_det)
+    assert layer.context_shape == (None if case.context_shape is None else tuple(case.context_shape)) or \
+        type(layer).__name__ == "FlowSequence"
+
+
+# -- round trips (float32 and float64) -----------------------------------------------------
+@pytest.mark.parametrize("case_id", IDS)
 def test_inverse_undoes_forward(case_id):
-    layer, x = make(case_id)
-    y, _ = layer.forward(x)
+    _needs(case_id, "forward", "inverse")
+    layer, x, c = make(case_id)
+    y, _ = layer.forward(x, context=c)
     assert not np.allclose(to_np(y).ravel()[: x.size], x.ravel()) or case_id in ("Reshape",), \
         "forward is the identity; the perturbation did not take"
-    x2, _ = layer.inverse(y)
+    x2, _ = layer.inverse(y, context=c)
     err = np.max(np.abs(to_np(x2) - x) / np.maximum(1.0, np.abs(x)))
-    assert err < ROUND_TRIP_RTOL, f"round-trip relative error {err:.2e}"
+    assert err < _tol(case_id, "round_trip_rtol", ROUND_TRIP_RTOL), f"round-trip relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("case_id", IDS)
 def test_forward_undoes_inverse(case_id):
-    layer, x = make(case_id)
-    y = to_np(layer.forward(x)[0])
-    y2 = to_np(layer.forward(layer.inverse(y)[0])[0])
+    _needs(case_id, "forward", "inverse")
+    layer, x, c = make(case_id)
+    y = to_np(layer.forward(x, context=c)[0])
+    y2 = to_np(layer.forward(layer.inverse(y, context=c)[0], context=c)[0])
     err = np.max(np.abs(y2 - y) / np.maximum(1.0, np.abs(y)))
-    assert err < 10 * ROUND_TRIP_RTOL, f"inverse-then-forward relative error {err:.2e}"
+    assert err < 10 * _tol(case_id, "round_trip_rtol", ROUND_TRIP_RTOL), f"inverse-then-forward relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("case_id", IDS)
-def test_log_det_has_batch_shape(case_id):
-    layer, x = make(case_id)
-    _, ld = layer.forward(x)
-    _, ild = layer.inverse(layer.forward(x)[0])
-    assert tuple(ld.shape) == (x.shape[0],)
-    assert tuple(ild.shape) == (x.shape[0],)
-    assert keras.backend.standardize_dtype(ld.dtype) == "float32"
+def test_round_trip_in_float64(case_id):
+    _needs(case_id, "forward", "inverse")
+    layer, x, c = make(case_id, dtype="float64")
+    y, ld = layer.forward(x, context=c)
+    assert keras.backend.standardize_dtype(y.dtype) == "float64"
+    assert keras.backend.standardize_dtype(ld.dtype) == "float64", "the log-det left float64"
+    x2 = to_np(layer.inverse(y, context=c)[0])
+    err = np.max(np.abs(x2 - x) / np.maximum(1.0, np.abs(x)))
+    assert err < _tol(case_id, "round_trip_f64_rtol", ROUND_TRIP_F64_RTOL), f"float64 round-trip error {err:.2e}"
+
+
+# -- log-dets --------------------------------------------------------------------------------
+@pytest.mark.parametrize("case_id", IDS)
+def test_log_det_has_batch_shape_and_the_input_dtype(case_id):
+    layer, x, c = make(case_id)
+    for direction in ("forward", "inverse"):
+        if not _has(case_id, direction):
+            continue
+        out, ld = getattr(layer, direction)(x if direction == "forward" else _latent(layer, x, c), context=c)
+        assert tuple(ld.shape) == (x.shape[0],), direction
+        assert keras.backend.standardize_dtype(ld.dtype) == "float32", direction
+
+
+def _latent(layer, x, c):
+    """A point in the latent space: forward(x) where there is a forward."""
+    if layer.forward_mode is not None:
+        return layer.forward(x, context=c)[0]
+    return x
 
 
 @pytest.mark.parametrize("case_id", IDS)
 def test_log_dets_cancel(case_id):
-    layer, x = make(case_id)
-    y, ld = layer.forward(x)
-    _, ild = layer.inverse(y)
+    _needs(case_id, "forward", "inverse")
+    layer, x, c = make(case_id)
+    y, ld = layer.forward(x, context=c)
+    _, ild = layer.inverse(y, context=c)
     np.testing.assert_allclose(to_np(ld) + to_np(ild), 0.0, atol=LOG_DET_CANCEL_ATOL)
 
 
-def _jacobian_log_det(layer, x):
-    """log|det J| of the flattened forward map, one example at a time."""
+def _jacobian_log_det(fn, x, c):
+    """log|det J| of the flattened map `fn(x, c)`, one example at a time (float64)."""
     shape = x.shape[1:]
-
-    def f_flat(v):  # (D,) -> (D,)
-        y = layer.forward(keras.ops.reshape(v, (1,) + shape))[0]
-        return keras.ops.reshape(y, (-1,))
-
     out = []
-    for row in x.reshape(x.shape[0], -1):
+    for i, row in enumerate(x.reshape(x.shape[0], -1)):
+        ci = None if c is None else c[i:i + 1]
+
+        def f_flat(v):  # (D,) -> (D,)
+            y = fn(keras.ops.reshape(v, (1,) + shape), ci)
+            return keras.ops.reshape(y, (-1,))
+
         if backend() == "jax":
             import jax
 
-            jac = np.asarray(jax.jacfwd(f_flat)(row.astype("float64").astype("float32")))
+            jac = np.asarray(jax.jacfwd(f_flat)(jax.numpy.asarray(row, dtype="float64")))
         else:
             import tensorflow as tf
 
-            v = tf.constant(row)
+            v = tf.constant(row, dtype=tf.float64)
             with tf.GradientTape() as tape:
                 tape.watch(v)
                 y = f_flat(v)
             jac = tape.jacobian(y, v).numpy()
-        out.append(np.linalg.slogdet(jac.astype("float64"))[1])
+        assert jac.dtype == np.float64, f"the Jacobian was computed in {jac.dtype}"
+        out.append(np.linalg.slogdet(jac)[1])
     return np.array(out)
 
 
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
 @pytest.mark.parametrize("case_id", IDS)
-def test_log_det_matches_autodiff_jacobian(case_id):
-    layer, x = make(case_id)
-    _, ld = layer.forward(x)
-    expected = _jacobian_log_det(layer, x)
-    np.testing.assert_allclose(to_np(ld), expected, atol=LOG_DET_ATOL, rtol=1e-4)
+def test_log_det_matches_autodiff_jacobian_in_float64(case_id, direction):
+    _needs(case_id, direction)
+    layer, x, c = make(case_id, dtype="float64")
+    point = x if direction == "forward" else to_np(_latent(layer, x, c))
+    method = getattr(layer, direction)
+    _, ld = method(point, context=c)
+    expected = _jacobian_log_det(lambda v, ci: method(v, context=ci)[0], point, c)
+    np.testing.assert_allclose(to_np(ld), expected, rtol=_tol(case_id, "log_det_f64_rtol", LOG_DET_F64_RTOL),
+                               atol=LOG_DET_F64_ATOL)
 
 
-def _clone_from_config(layer, x):
+# -- call, shapes, unavailable directions -----------------------------------------------------
+@pytest.mark.parametrize("case_id", IDS)
+def test_call_is_forward(case_id):
+    _needs(case_id, "forward")
+    layer, x, c = make(case_id)
+    np.testing.assert_array_equal(to_np(layer(x, context=c)), to_np(layer.forward(x, context=c)[0]))
+
+
+@pytest.mark.parametrize("case_id", IDS)
+def test_shape_methods_match_the_outputs(case_id):
+    layer, x, c = make(case_id)
+    if _has(case_id, "forward"):
+        y = layer.forward(x, context=c)[0]
+        assert tuple(layer.compute_output_shape(x.shape)) == tuple(y.shape)
+    else:
+        y = x
+    if _has(case_id, "inverse"):
+        back = layer.inverse(y, context=c)[0]
+        assert tuple(layer.compute_inverse_shape(tuple(y.shape))) == tuple(back.shape)
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+@pytest.mark.parametrize("case_id", [i for i in IDS if CASES[i].forward is None or CASES[i].inverse is None])
+def test_unavailable_direction_raises_naming_the_layer(case_id, direction):
+    layer, x, c = make(case_id)
+    if getattr(CASES[case_id], direction) is not None:
+        pytest.skip(f"{case_id} has a {direction} direction")
+    with pytest.raises(NotImplementedError, match=type(layer).__name__):
+        getattr(layer, direction)(x, context=c)
+
+
+# -- context --------------------------------------------------------------------------------------
+CONDITIONAL = [i for i in IDS if CASES[i].context_shape is not None]
+
+
+@pytest.mark.parametrize("case_id", CONDITIONAL)
+def test_context_changes_the_output(case_id):
+    layer, x, c = make(case_id)
+    other = c + 1.0
+    for direction in ("forward", "inverse"):
+        if not _has(case_id, direction):
+            continue
+        point = x if direction == "forward" else to_np(_latent(layer, x, c))
+        a = to_np(getattr(layer, direction)(point, context=c)[0])
+        b = to_np(getattr(layer, direction)(point, context=other)[0])
+        assert not np.allclose(a, b, atol=1e-4), f"{direction} ignores its context"
+
+
+@pytest.mark.parametrize("case_id", CONDITIONAL)
+def test_missing_or_misshapen_context_raises(case_id):
+    layer, x, c = make(case_id)
+    direction = "forward" if _has(case_id, "forward") else "inverse"
+    with pytest.raises(ValueError, match="needs a context"):
+        getattr(layer, direction)(x, context=None)
+    with pytest.raises(ValueError, match="context of shape"):
+        getattr(layer, direction)(x, context=np.zeros((x.shape[0], 7, 7, 7), "float32"))
+
+
+# -- serialization ------------------------------------------------------------------------------
+def _clone_from_config(layer, x, c):
     cls = type(layer)
     clone = cls.from_config(layer.get_config())
-    clone.forward(x)
+    if layer.forward_mode is not None:
+        clone.forward(x, context=c)
+    else:
+        clone.inverse(x, context=c)
     clone.set_weights(layer.get_weights())
     return clone
 
 
 @pytest.mark.parametrize("case_id", IDS)
 def test_config_round_trips(case_id):
-    layer, x = make(case_id)
+    layer, x, c = make(case_id)
     config = layer.get_config()
-    clone = _clone_from_config(layer, x)
+    clone = _clone_from_config(layer, x, c)
     assert clone.get_config() == config
-    np.testing.assert_array_equal(to_np(clone.forward(x)[0]), to_np(layer.forward(x)[0]))
+    direction = "forward" if _has(case_id, "forward") else "inverse"
+    np.testing.assert_array_equal(to_np(getattr(clone, direction)(x, context=c)[0]),
+                                  to_np(getattr(layer, direction)(x, context=c)[0]))
     # The serialized form goes through JSON and the Keras registry too.
     ser = keras.saving.serialize_keras_object(layer)
-    import json
-
     again = keras.saving.deserialize_keras_object(json.loads(json.dumps(ser)))
     assert type(again) is type(layer)
 
 
 @pytest.mark.parametrize("case_id", IDS)
 def test_saved_layer_gives_identical_outputs(case_id, tmp_path):
-    layer, x = make(case_id)
+    _needs(case_id, "forward")
+    layer, x, c = make(case_id)
     inputs = keras.Input(shape=x.shape[1:])
-    model = keras.Model(inputs, layer(inputs))
+    if c is None:
+        model = keras.Model(inputs, layer(inputs))
+    else:
+        context = keras.Input(shape=c.shape[1:])
+        model = keras.Model([inputs, context], layer(inputs, context=context))
     path = str(tmp_path / "layer.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    twin = loaded.layers[-1]
-    assert type(twin) is type(layer)
-    y, ld = layer.forward(x)
-    y2, ld2 = twin.forward(x)
+    twin = [l for l in loaded.layers if type(l) is type(layer)][0]
+    y, ld = layer.forward(x, context=c)
+    y2, ld2 = twin.forward(x, context=c)
     np.testing.assert_array_equal(to_np(y2), to_np(y))
     np.testing.assert_array_equal(to_np(ld2), to_np(ld))
-    np.testing.assert_array_equal(to_np(twin.inverse(y)[0]), to_np(layer.inverse(y)[0]))
+    if _has(case_id, "inverse"):
+        np.testing.assert_array_equal(to_np(twin.inverse(y, context=c)[0]), to_np(layer.inverse(y, context=c)[0]))
 
 
+# -- training ------------------------------------------------------------------------------------
 @pytest.mark.skipif(backend() != "tensorflow", reason="gradient check written with tf.GradientTape")
 @pytest.mark.parametrize("case_id", IDS)
 def test_gradients_reach_every_variable(case_id):
     import tensorflow as tf
 
-    layer, x = make(case_id)
+    layer, x, c = make(case_id)
+    direction = "forward" if _has(case_id, "forward") else "inverse"
     variables = layer.trainable_variables
     with tf.GradientTape() as tape:
-        y, ld = layer.forward(x)
+        y, ld = getattr(layer, direction)(x, context=c)
         loss = tf.reduce_sum(tf.square(y)) - tf.reduce_sum(ld)
     grads = tape.gradient(loss, variables)
     dead = [v.path for v, g in zip(variables, grads) if g is None or not np.any(to_np(g))]
     assert not dead, f"no gradient reaches {dead}"
 
 
+@pytest.mark.parametrize("case_id", IDS)
+def test_one_compiled_fit_step(case_id):
+    import tfflows
+
+    _needs(case_id, "forward")
+    case = CASES[case_id]
+    layer, x, c = make(case_id)
+    event = tuple(x.shape[1:])
+    model = tfflows.FlowModel(layer, data_shape=event, n_bits=None, context_shape=case.context_shape)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    before = [to_np(w).copy() for w in layer.trainable_weights]
+    data = x if c is None else (x, c)
+    history = model.fit(data, batch_size=x.shape[0], epochs=1, verbose=0)
+    loss = history.history["loss"][0]
+    assert np.isfinite(loss)
+    assert "nll" in history.history
+    after = [to_np(w) for w in layer.trainable_weights]
+    if before:
+        assert any(not np.array_equal(a, b) for a, b in zip(after, before)), "the step changed no weight"
+
+
+# -- seeded initial values ----------------------------------------------------------------------------
 @pytest.mark.parametrize("cls,kwargs,var", [
     ("Invertible1x1Conv", {"lu": False}, "kernel"),
     ("Invertible1x1Conv", {"lu": True}, "lower"),
@@ -205,7 +377,7 @@ def test_unseeded_random_init_follows_keras_set_random_seed(cls, kwargs, var):
 def test_contract_under_jax():
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install 'jax[cpu]'), so the JAX pass cannot run")
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
     here = os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import warnings
-from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -28,7 +27,7 @@ if keras.backend.backend() != "tensorflow":
 
 import tensorflow as tf  # noqa: E402
 
-from tfflows import distribute  # noqa: E402
+from tfflows import checkpoint, distribute  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -268,34 +267,42 @@ def test_killed_worker_resumes_from_last_checkpoint(multiworker_run, tmp_path):
     # Same arithmetic as the uninterrupted 2-worker run.
     _, w_full = _load(multiworker_run, "worker0")
     assert _max_diff(w0, w_full) <= SAME_ARITHMETIC_ATOL
+    # tfflows.checkpoint's format, written by the chief: the last save is the run's end.
+    state = checkpoint.read_state(checkpoint.latest_checkpoint(str(ckpt)))
+    assert (state["step"], state["epoch"], state["epoch_count"]) == (TOTAL_STEPS, EPOCHS, 0.0)
+    assert len(list(ckpt.glob("ckpt-*"))) == 2 and not list(ckpt.glob(".tmp-*"))
 
 
 # -- checkpoints ----------------------------------------------------------------------
 _SAVER = r"""
 import sys
-from types import SimpleNamespace
-import numpy as np, keras, tensorflow as tf
-from tfflows import distribute
-big = keras.Variable(np.zeros((4_000_000,), "float32"), name="big")
-fake_model = SimpleNamespace(weights=[big], optimizer=SimpleNamespace(variables=[]))
-ckpt = distribute._Checkpointer(sys.argv[1], fake_model, tf.distribute.get_strategy())
-step = int(ckpt.step.numpy()) if ckpt.restore() else 0
+import numpy as np, keras
+from tfflows import checkpoint
+model = keras.Sequential([keras.Input((2000,)), keras.layers.Dense(2000, use_bias=False)])
+model.compile(optimizer=keras.optimizers.SGD(0.1))
+(big,) = model.weights
+_, state = checkpoint.restore_latest(model, sys.argv[1])
+step = state["step"] if state else 0
 while True:
     step += 1
     big.assign(np.full(big.shape, step, "float32"))
-    ckpt.save(step, 0.0, 0.0)
+    checkpoint.save_checkpoint(model, sys.argv[1], {"step": step})
     with open(sys.argv[2], "a") as f:
         f.write(f"{step}\n")
 """
 
 
+def _big_model():
+    """The saver's model: 4M weights, so a kill lands mid-save."""
+    model = keras.Sequential([keras.Input((2000,)), keras.layers.Dense(2000, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    return model
+
+
 def test_checkpoint_stays_readable_when_killed_while_saving(tmp_path):
     ckpt_dir = str(tmp_path / "ckpt")
-    big = keras.Variable(np.zeros((4_000_000,), "float32"), name="big")
-    restorer = distribute._Checkpointer(
-        ckpt_dir, SimpleNamespace(weights=[big], optimizer=SimpleNamespace(variables=[])),
-        tf.distribute.get_strategy())
-    saved = tmp_path / "saved.txt"  # steps whose save() returned
+    restorer = _big_model()
+    saved = tmp_path / "saved.txt"  # steps whose save_checkpoint() returned
     saved.write_text("")
     for delay in (0.137,):  # add delays to land at other points of a save
         with _processes() as procs:
@@ -313,11 +320,12 @@ def test_checkpoint_stays_readable_when_killed_while_saving(tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         last_reported = int(saved.read_text().split()[-1])
-        assert restorer.restore() is not None
-        step = int(restorer.step.numpy())
+        path, state = checkpoint.restore_latest(restorer, ckpt_dir)
+        assert path is not None
+        step = state["step"]
         # Every save that returned is kept; the torn one (if any) is ignored.
         assert last_reported <= step <= last_reported + 1
-        assert np.all(np.asarray(big) == step)
+        assert np.all(np.asarray(restorer.weights[0]) == step)
 
 
 def _tiny(strategy=None):
@@ -328,27 +336,54 @@ def test_restore_skips_unreadable_and_unfinished_checkpoints(tmp_path):
     model = _tiny()
     distribute.train(model, dist_worker.dataset(tf), epochs=2, verbose=0,
                      checkpoint_dir=str(tmp_path), save_freq=2)
-    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-8")
-    # A save that died before updating the `checkpoint` index file ...
-    (tmp_path / "ckpt-10.index").write_bytes(b"torn")
-    # ... and a listed checkpoint whose data was damaged afterwards.
-    (data,) = tmp_path.glob("ckpt-8.data-*")
+    assert checkpoint.latest_checkpoint(str(tmp_path)).endswith("ckpt-000000008")
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000000006", "ckpt-000000008"]
+    state = checkpoint.read_state(str(tmp_path / "ckpt-000000008"))
+    assert (state["step"], state["epoch"], state["epoch_count"]) == (8, 2, 0.0)
+    # A save that died before updating the `LATEST` pointer (its folder torn) ...
+    (tmp_path / "ckpt-000000010").mkdir()
+    (tmp_path / "ckpt-000000010" / "model.keras").write_bytes(b"torn")
+    # ... one cut off while writing its temporary folder ...
+    (tmp_path / ".tmp-ckpt-000000012-4242").mkdir()
+    (tmp_path / ".tmp-ckpt-000000012-4242" / "model.keras").write_bytes(b"torn")
+    # ... and the latest checkpoint, whose data was damaged afterwards.
+    data = tmp_path / "ckpt-000000008" / "model.keras"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])
     fresh = _tiny()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = distribute.train(fresh, dist_worker.dataset(tf), epochs=2, verbose=0,
                                    checkpoint_dir=str(tmp_path), save_freq=2)
-    assert any("Skipping unreadable checkpoint" in str(w.message) for w in caught)
-    assert history.epoch == [1]  # back at step 6, not at 10 or 8
+    skipped = [str(w.message) for w in caught if "Skipping unreadable checkpoint" in str(w.message)]
+    assert len(skipped) == 1 and "ckpt-000000008" in skipped[0], skipped
+    assert history.epoch == [1]  # back at step 6, not at 12, 10 or 8
     assert int(fresh.optimizer.iterations.numpy()) == 8
+    assert checkpoint.read_state(checkpoint.latest_checkpoint(str(tmp_path)))["step"] == 8
+
+
+def test_restore_refuses_checkpoints_that_do_not_fit_the_model(tmp_path):
+    model = _tiny()
+    distribute.train(model, dist_worker.dataset(tf), epochs=1, verbose=0, checkpoint_dir=str(tmp_path))
+    other = dist_worker.tiny_glow(tf.distribute.get_strategy())
+    other.compile(optimizer=keras.optimizers.Adam(1e-3))  # another optimizer: other slots
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="No checkpoint in .* could be restored into this model"):
+            distribute.train(other, dist_worker.dataset(tf), epochs=2, verbose=0, checkpoint_dir=str(tmp_path))
+    assert checkpoint.read_state(checkpoint.latest_checkpoint(str(tmp_path)))["step"] == 4  # not overwritten
+    old = tmp_path / "tf_format"  # the distributed loop's TensorFlow checkpoints before tfflows.checkpoint
+    old.mkdir()
+    (old / "checkpoint").write_text('model_checkpoint_path: "ckpt-4"\n')
+    with pytest.raises(ValueError, match="holds TensorFlow checkpoints"):
+        distribute.train(_tiny(), dist_worker.dataset(tf), epochs=1, verbose=0, checkpoint_dir=str(old))
 
 
 def test_keras_backup_and_restore_becomes_checkpointing(tmp_path):
     model = _tiny()
     backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=2)
     distribute.train(model, dist_worker.dataset(tf), epochs=1, verbose=0, callbacks=[backup])
-    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
+    assert checkpoint.latest_checkpoint(str(tmp_path)).endswith("ckpt-000000004")
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-000000002", "ckpt-000000004"]
     with pytest.raises(ValueError, match="pass one"):
         distribute.train(model, dist_worker.dataset(tf), verbose=0, callbacks=[backup],
                          checkpoint_dir=str(tmp_path / "other"))
@@ -457,9 +492,64 @@ def test_train_checks_its_arguments():
     ds = dist_worker.dataset(tf)
     with pytest.raises(ValueError, match="save_freq must be 'epoch' or a positive integer"):
         distribute.train(model, ds, save_freq=0, verbose=0)
+    with pytest.raises(ValueError, match="max_to_keep must be a positive integer"):
+        distribute.train(model, ds, max_to_keep=0, verbose=0)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         distribute.train(model, ds, epochs=0, verbose=0)
     with pytest.raises(ValueError, match="infinite; pass steps_per_epoch"):
         distribute.train(model, ds.repeat(), verbose=0)
     with pytest.raises(ValueError, match="length is unknown"):
         distribute.train(model, ds.filter(lambda x: True), verbose=0)
+
+
+def test_clip_gradients_follows_the_optimizers_clip_settings():
+    g1 = np.array([[3.0, 4.0]], "float32")  # norm 5
+    g2 = np.array([12.0], "float32")  # norm 12; global norm 13
+    grads = [tf.constant(g1), None, tf.constant(g2)]
+
+    def clipped(**kw):
+        out = distribute.clip_gradients(keras.optimizers.SGD(0.1, **kw), grads)
+        assert out[1] is None
+        return [np.asarray(out[0]), np.asarray(out[2])]
+
+    for got, want in zip(clipped(global_clipnorm=6.5), [g1 / 2, g2 / 2]):  # all scaled by 6.5 / 13
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for got, want in zip(clipped(global_clipnorm=100.0), [g1, g2]):  # under the threshold: unchanged
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for got, want in zip(clipped(clipnorm=6.0), [g1, g2 / 2]):  # each tensor on its own
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for got, want in zip(clipped(clipvalue=3.5), [[[3.0, 3.5]], [3.5]]):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    for got, want in zip(clipped(), [g1, g2]):
+        np.testing.assert_allclose(got, want)
+    nan = distribute.clip_gradients(keras.optimizers.SGD(0.1, global_clipnorm=1.0),
+                                    [tf.constant([np.inf, 1.0])])
+    assert np.all(np.isnan(np.asarray(nan[0])))  # as Keras: a non-finite norm poisons the step
+
+
+def test_train_feeds_conditional_batches_like_keras_fit():
+    import tfflows
+    from tfflows.layers import AffineCoupling, FlowSequence
+
+    def build():
+        keras.utils.set_random_seed(3)
+        flow = FlowSequence([AffineCoupling(hidden=8, context_shape=(3,)),
+                             AffineCoupling(hidden=8, reverse=True, context_shape=(3,))])
+        model = tfflows.FlowModel(flow, data_shape=(4,), n_bits=None, context_shape=(3,))
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        return model
+
+    rng = np.random.default_rng(0)
+    context = rng.normal(size=(32, 3)).astype("float32")
+    x = (rng.normal(size=(32, 4)) + context @ rng.normal(size=(3, 4))).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, context)).batch(8)
+    ours, theirs = build(), build()
+    history = distribute.train(ours, ds, epochs=2, verbose=0)
+    reference = theirs.fit(ds, epochs=2, verbose=0)
+    np.testing.assert_allclose(history.history["loss"], reference.history["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history.history["nll"], reference.history["nll"], rtol=1e-5)
+    for a, b in zip(ours.weights, theirs.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, err_msg=a.path)
+    # The context reaches the nets: another context gives another loss.
+    loss = float(np.mean(np.asarray(ours((x, context)))))
+    assert abs(float(np.mean(np.asarray(ours((x, np.zeros_like(context)))))) - loss) > 1e-3

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 import tfflows
 from tfflows import cli, export, serving
+from tfflows import layers as L
 
 LOG_PROB_RTOL = 1e-5  # exported vs in-Python log_prob (the bound)
 IMAGE_ATOL = 1e-5  # exported vs in-Python decode/sample (float32, clipped to [0, 1])
@@ -517,7 +518,7 @@ def test_multiscale_latent_layout_is_split_parts_then_final(exported):
     parts = []
     for layer in model.flow.flow_layers:
         x, _ = layer.forward(x)
-        if getattr(layer, "is_split", False):
+        if isinstance(layer, L.FactorOut):
             x, factored = layer.separate(x)
             parts.append(factored)
     parts.append(x)
@@ -619,9 +620,11 @@ def test_cli_arch_values_and_nice_keywords():
     with pytest.raises(ValueError, match="KEY=VALUE"):
         cli.parse_arch(["hidden"])
     # NICE's K is `couplings`; its other keywords (depth, base, data_shape) reach the builder.
-    kwargs = cli._builder_kwargs("nice", dict(steps=2, hidden=8, depth=1, data_shape=[8, 8, 1]))
+    from tfflows.zoo import builders
+
+    kwargs = builders.builder_kwargs("nice", dict(steps=2, hidden=8, depth=1, data_shape=[8, 8, 1]))
     assert kwargs == dict(couplings=2, hidden=8, depth=1, data_shape=[8, 8, 1])
-    model = cli.build_model("nice", "mnist-tiny", dict(steps=2, hidden=8, depth=1, data_shape=[8, 8, 1]))
+    model = builders.build("nice", "mnist-tiny", dict(steps=2, hidden=8, depth=1, data_shape=[8, 8, 1]))
     assert model.count_params() < 10_000
 
 

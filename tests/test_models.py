@@ -216,3 +216,146 @@ def test_default_optimizer_steps_like_adam_on_the_nll():
     model = tfflows.FlowModel([L.Reverse()], data_shape=(28, 28, 1))
     model.compile()
     assert math.isclose(float(model.optimizer.epsilon), 1e-8 / (784 * math.log(2.0)), rel_tol=1e-6)
+
+
+# -- nothing silent (issue 48, items 2, 4, 7, 8) ----------------------------------------
+def test_sample_raises_naming_rows_and_temperature_when_the_inverse_overflows():
+    # Two diagonal scalings by exp(-44): the inverse multiplies by exp(88) = 1.7e38,
+    # so |z| > 2 overflows float32.
+    model = tfflows.FlowModel([L.DiagonalScaling(), L.DiagonalScaling()], data_shape=(4,))
+    for w in model.trainable_weights:
+        w.assign(np.full(w.shape, -44.0, "float32"))
+    with pytest.raises(ValueError, match=r"rows at temperature 2 are not finite \(rows \[.*\]\): the inverse "
+                                         r"flow overflowed\. Lower the temperature"):
+        model.sample(16, temperature=2.0, seed=0)
+    with pytest.raises(ValueError, match=r"sample_and_log_prob: .* not finite"):
+        model.sample_and_log_prob(16, temperature=2.0, seed=0)
+    assert np.all(np.isfinite(to_np(model.sample(16, temperature=1e-3, seed=0))))
+
+
+@pytest.mark.large
+def test_shipped_glow_never_returns_nan_samples_silently():
+    model = tfflows.zoo.glow(preset="mnist", pretrained=True)
+    with pytest.raises(ValueError, match=r"of 64 rows at temperature 1.5 are not finite"):
+        model.sample(64, temperature=1.5, seed=0)
+
+
+@pytest.mark.parametrize("temperature, match", [
+    (float("nan"), "finite, non-negative temperatures"),
+    (float("inf"), "finite, non-negative temperatures"),
+    (-1.0, "finite, non-negative temperatures"),
+    (np.array([0.5, 0.7, 1.0], "float32"), r"one temperature or one per row \(4\); got shape \(3,\)"),
+], ids=["nan", "inf", "negative", "wrong-length"])
+def test_bad_temperatures_raise(temperature, match):
+    model = tfflows.FlowModel([L.Reverse()], data_shape=(3,))
+    with pytest.raises(ValueError, match=match):
+        model.sample(4, temperature=temperature, seed=0)
+
+
+def test_numpy_integer_seed_and_n_are_accepted():
+    model = tfflows.FlowModel([L.Reverse()], data_shape=(3,))
+    a = to_np(model.sample(np.int64(4), seed=np.int64(7)))
+    np.testing.assert_array_equal(a, to_np(model.sample(4, seed=7)))
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        model.sample(4, seed=7.5)
+
+
+def test_bits_per_dim_refuses_data_outside_the_unit_interval():
+    model = tfflows.FlowModel([L.Rescale(2.0, 0.0)], data_shape=(3, 2, 1))
+    x = np.random.default_rng(0).uniform(size=(2, 3, 2, 1)).astype("float32")
+    with pytest.raises(ValueError, match=r"expects dequantized data in \[0, 1\) .* got values in \[0\.\d+, 2\d\d"):
+        model.bits_per_dim(x * 255)
+
+
+def test_log_prob_of_a_tensor_with_nan_raises_like_numpy():
+    model = tfflows.FlowModel([L.AffineCoupling(hidden=4)], data_shape=(4,))
+    bad = np.full((2, 4), 0.5, "float32")
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"1 NaN or infinite value"):
+        model.log_prob(keras.ops.convert_to_tensor(bad))
+
+
+def test_logit_preprocessing_refuses_data_outside_its_domain():
+    model = tfflows.zoo.glow(preset="mnist-tiny")
+    x = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype("float32")
+    with pytest.raises(ValueError, match=r"LogitTransform 'logit' maps data in \[0, 1\]"):
+        model.log_prob(x * 255)
+
+
+def test_decode_refuses_nan_latents_and_takes_float64():
+    model = tfflows.FlowModel([L.AffineCoupling(hidden=4)], data_shape=(4,))
+    z = np.random.default_rng(0).normal(size=(3, 4))
+    np.testing.assert_allclose(to_np(model.decode(z)), to_np(model.decode(z.astype("float32"))), atol=1e-6)
+    z[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"decode got NaN or infinite latents in rows \[2\]"):
+        model.decode(z)
+
+
+def test_fit_that_diverges_restores_the_last_finite_weights():
+    model = tfflows.FlowModel([L.ActNorm(), L.AffineCoupling(hidden=4)], data_shape=(4,))
+    x = np.random.default_rng(0).uniform(size=(64, 4)).astype("float32")
+    x[40] = np.nan  # the third batch of 16 poisons the loss and every gradient
+    model.initialize(x[:16])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    with pytest.raises(tfflows.TrainingDivergedError, match=r"step 3\. The model's and the optimizer's weights "
+                                                            r"were restored to their last finite values"):
+        model.fit(x, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    assert all(np.all(np.isfinite(to_np(w))) for w in model.weights)
+    assert all(np.all(np.isfinite(to_np(v))) for v in model.optimizer.variables)
+    assert np.all(np.isfinite(to_np(model.log_prob(x[:16]))))
+    assert np.all(np.isfinite(to_np(model.sample(8, seed=0))))
+    assert int(to_np(model.optimizer.iterations)) == 2, "the diverged step's optimizer update was not undone"
+
+
+# -- continuous data and contexts --------------------------------------------------------------
+def test_continuous_model_loss_is_the_nll_in_nats():
+    model = tfflows.FlowModel([L.Rescale(2.0, 0.0)], data_shape=(3,), n_bits=None)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    log_p = np.sum(-0.5 * (2 * x) ** 2 - 0.5 * math.log(2 * math.pi), axis=1) + 3 * math.log(2.0)
+    np.testing.assert_allclose(to_np(model(x)), -log_p, rtol=1e-6)
+    with pytest.raises(ValueError, match="bits/dim is defined for discrete data only"):
+        model.bits_per_dim(x)
+
+
+def _conditional_model():
+    flow = [L.AffineCoupling(hidden=16, context_shape=(2,)), L.Reverse(),
+            L.AffineCoupling(hidden=16, context_shape=(2,))]
+    return tfflows.FlowModel(flow, data_shape=(2,), n_bits=None, context_shape=(2,))
+
+
+def test_conditional_model_fits_x_context_batches_from_arrays_and_tf_data():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(512, 2)).astype("float32")
+    x = (3.0 * c + 0.1 * rng.normal(size=(512, 2))).astype("float32")  # x depends on the context
+    model = _conditional_model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    start = float(np.mean(to_np(model((x, c)))))
+    model.fit(x, c, batch_size=64, epochs=3, verbose=0)
+    ds = tf.data.Dataset.from_tensor_slices((x, c)).batch(64)
+    history = model.fit(ds, epochs=3, verbose=0)
+    end = float(np.mean(to_np(model((x, c)))))
+    assert end < start - 1.0, (start, end)
+    assert history.history["nll"][-1] < start
+    assert model.evaluate(ds, verbose=0, return_dict=True)["loss"] == pytest.approx(end, abs=1e-3)
+    # The context matters: the right one explains x much better than a shuffled one.
+    wrong = float(np.mean(to_np(-model.log_prob(x, context=c[::-1]))))
+    assert wrong > end + 1.0
+
+
+def test_conditional_model_samples_per_context_and_checks_it():
+    model = _conditional_model()
+    for w in model.trainable_weights:
+        w.assign(w.value + 0.3)
+    c = np.array([[1.0, 0.0], [-1.0, 2.0]], "float32")
+    a = to_np(model.sample(2, context=c, seed=1))
+    b = to_np(model.sample(2, context=c[::-1], seed=1))
+    assert not np.allclose(a, b)
+    x, log_q = model.sample_and_log_prob(2, context=c, seed=1)
+    np.testing.assert_allclose(to_np(x), a, atol=1e-6)
+    np.testing.assert_allclose(to_np(log_q), to_np(model.log_prob(x, context=c)), atol=1e-4)
+    with pytest.raises(ValueError, match="is conditional .* needs a context"):
+        model.sample(2, seed=1)
+    with pytest.raises(ValueError, match=r"got a context for 2 examples and 3 examples"):
+        model.sample(3, context=c, seed=1)

@@ -336,7 +336,7 @@ def test_ship_live_weights_are_the_last_checkpoints_not_the_ema(tmp_path):
     with open(os.path.join(run, "config.json")) as f:
         cfg = json.load(f)
     ship = _ship_module()
-    model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
+    model = builders.build(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
     model.load_weights(os.path.join(run, "model.weights.h5"))
     ema = [to_np(w) for w in model.get_weights()]
     ckpt = ship.load_live_weights(model, run, step)

@@ -1,16 +1,23 @@
 """tfflows: normalizing flows for Keras 3 and TensorFlow.
 
-`FlowModel`, `layers` and `distributions` use keras.ops only and run on the
-TensorFlow and JAX backends. The TF-only parts (`as_bijector`, `export`,
-`distribute`, `zoo.data`) load lazily on first use.
+`FlowModel`, `layers`, `transforms` and `distributions` use keras.ops only and
+run on the TensorFlow and JAX backends. The TF-only parts (`as_bijector`,
+`export`, `zoo.data`) load lazily on first use; on the TensorFlow backend
+`tfflows.distribute` loads with the package, so that `FlowModel.fit` knows
+about `tf.distribute` strategies.
 """
 
 import importlib
 
-from tfflows import distributions, layers
+import keras
+
+from tfflows import distributions, layers, transforms
 from tfflows.models import FlowModel, StopOnNaN, TrainingDivergedError, default_optimizer
 
-__version__ = "0.1.0"
+from tfflows.version import __version__  # noqa: F401
+
+if keras.backend.backend() == "tensorflow":
+    from tfflows import distribute  # noqa: F401  (registers FlowModel's tf.distribute hooks)
 
 _LAZY = {
     "as_bijector": ("tfflows.bijectors", "as_bijector"),
@@ -32,5 +39,5 @@ def __getattr__(name):
 
 __all__ = [
     "FlowModel", "StopOnNaN", "TrainingDivergedError", "default_optimizer",
-    "layers", "distributions", "as_bijector", "zoo", "export", "distribute",
+    "layers", "transforms", "distributions", "as_bijector", "zoo", "export", "distribute",
 ]

@@ -38,7 +38,14 @@ def build_parser():
     _common_model_args(t)
     t.add_argument("--data", default="mnist",
                    help="'mnist' (embedded subset), an .npz path, an image folder, or a tfds name")
-    t.add_argument("--test-data", default=None, help="source of the test split (default: --data)")
+    t.add_argument("--test-data", default=None,
+                   help="source of the test images for the learning curve and the final test bits/dim "
+                        "(default: --data's test split). Training images are never used as test images: "
+                        "when the source has no test split (an .npz with only x, images or arr_0; an image "
+                        "folder), the curve and test bits/dim are skipped and the log and metrics.json say "
+                        "so. 'holdout' holds out the last --eval-images training images instead (not "
+                        "trained on; named in the log and metrics.json); an .npz or folder other than "
+                        "--data gives its test split, or all its images if it has none")
     t.add_argument("--epochs", type=int, default=8)
     t.add_argument("--minutes", type=float, default=None, help="wall-clock training budget for this run")
     t.add_argument("--batch-size", type=int, default=64)
@@ -55,6 +62,9 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="tfflows_out", help="output folder")
     t.add_argument("--resume", default=None, metavar="DIR", help="resume from DIR/checkpoints (a previous --out)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its weights, config, metrics, samples, "
+                        "checkpoints and SavedModel); without it such a folder is refused")
     t.add_argument("--init-from", default=None, help="start from a .weights.h5 file or 'pretrained'")
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
     t.add_argument("--eval-minutes", type=float, default=2.0, help="test bits/dim period for the curve")
@@ -131,35 +141,15 @@ def _overrides(args):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
-def _builder_kwargs(model_name, overrides):
-    if "preprocess" in overrides and model_name != "glow":
-        raise SystemExit(f"tfflows: --preprocess applies to --model glow, not {model_name} "
-                         f"(realnvp always uses the logit transform, nice none).")
-    if model_name == "nice":  # NICE's K is `couplings`; everything else passes through
-        mapped = {k: v for k, v in overrides.items() if k != "steps"}
-        if "steps" in overrides:
-            mapped["couplings"] = overrides["steps"]
-        return mapped
-    return dict(overrides)
-
-
-def build_model(model_name, preset, overrides, pretrained=False):
-    from tfflows.zoo.builders import BUILDERS
-
-    return BUILDERS[model_name](preset=preset, pretrained=pretrained, **_builder_kwargs(model_name, overrides))
-
-
-def _load_weights(model, path, what):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights file {path} not found")
-    try:
-        model.load_weights(path)
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{path} does not fit {what}: {err}") from err
+def _note(msg):
+    print(msg, file=sys.stderr, flush=True)
 
 
 def load_model_from_args(args):
     """The model named by --run, --keras, or --model/--preset with --weights/--pretrained."""
+    from tfflows.recipe import load_weights
+    from tfflows.zoo import builders
+
     sources = [name for name, given in (("--run", args.run), ("--weights", args.weights),
                                         ("--pretrained", args.pretrained),
                                         ("--keras", getattr(args, "keras", None))) if given]
@@ -173,7 +163,7 @@ def load_model_from_args(args):
             raise ValueError(f"--keras loads a whole model with its architecture; drop {' '.join(given)}.")
         import keras
 
-        import tfflows  # noqa: F401  (registers the tfflows classes)
+        from tfflows import models  # noqa: F401  (registers the tfflows classes)
 
         if not os.path.exists(args.keras):
             raise FileNotFoundError(f"model file {args.keras} not found")
@@ -182,262 +172,41 @@ def load_model_from_args(args):
     if args.run:
         with open(os.path.join(args.run, "config.json")) as f:
             cfg = json.load(f)
-        model = build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
-        _load_weights(model, os.path.join(args.run, "model.weights.h5"), f"the run's {cfg['model']}")
+        model = builders.build(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
+        load_weights(model, os.path.join(args.run, "model.weights.h5"), f"the run's {cfg['model']}", _note)
         return model, cfg
     preset = args.preset or "mnist"
     cfg = dict(model=args.model, preset=preset, overrides=_overrides(args))
-    model = build_model(args.model, preset, cfg["overrides"], pretrained=args.pretrained)
+    model = builders.build(args.model, preset, cfg["overrides"], pretrained=args.pretrained)
     if args.weights:
-        _load_weights(model, args.weights, f"--model {args.model} --preset {preset} with overrides "
-                                           f"{cfg['overrides'] or 'none'} (pass the training architecture)")
+        load_weights(model, args.weights, f"--model {args.model} --preset {preset} with overrides "
+                                          f"{cfg['overrides'] or 'none'} (pass the training architecture)", _note)
     elif not args.pretrained:
         raise SystemExit("tfflows: give --run DIR, --weights FILE, --pretrained"
                          + (" or --keras FILE." if hasattr(args, "keras") else "."))
     return model, cfg
 
 
-def write_samples(model, path, temperatures=(0.5, 0.7, 1.0), n=10, seed=0):
-    """A PNG grid: one row per temperature."""
-    from tfflows.images import grid, to_uint8, write_png
-    import keras
-
-    rows = []
-    for i, t in enumerate(temperatures):
-        x = model.sample(n, temperature=float(t), seed=seed + i)
-        img = to_uint8(keras.ops.convert_to_numpy(x))
-        if img.shape[-1] == 2:
-            img = img[..., :1]
-        rows.append(img)
-    write_png(path, grid(rows))
-    return path
-
-
-def _learning_rate(args):
-    import keras
-
-    if args.decay == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0, args.decay_steps, alpha=0.05, warmup_target=args.lr, warmup_steps=max(1, args.warmup_steps))
-    elif args.warmup_steps > 0:
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0, 1, alpha=1.0, warmup_target=args.lr, warmup_steps=args.warmup_steps)
-    else:
-        lr = args.lr
-    return lr
-
-
 # -- commands --------------------------------------------------------------------
+def train_options(args):
+    """The `TrainOptions` of parsed `tfflows train` arguments."""
+    import dataclasses
+
+    from tfflows.recipe import TrainOptions
+
+    fields = {f.name for f in dataclasses.fields(TrainOptions)} - {"overrides"}
+    return TrainOptions(overrides=_overrides(args), **{k: getattr(args, k) for k in fields})
+
+
 def cmd_train(args):
-    import keras
+    from tfflows import recipe
+    from tfflows.models import TrainingDivergedError
 
-    policy = keras.config.dtype_policy()
     try:
-        return _train(args)
-    finally:  # the dtype policy is global: leave it as the caller had it
-        keras.config.set_dtype_policy(policy)
-
-
-def _checkpoint_config(ckpt_dir):
-    """The training config stored in the newest checkpoint of `ckpt_dir` (`{}` if none)."""
-    from tfflows import training
-
-    path = training.latest_checkpoint(ckpt_dir)
-    return (training.read_state(path).get("config") or {}) if path is not None else {}
-
-
-# Training-config keys a resumed run takes from its checkpoint (cfg key = train option).
-_RESUMED = ("model", "preset", "data", "batch_size", "lr", "warmup_steps", "decay", "decay_steps", "clipnorm",
-            "ema", "seed", "n_bits", "jit", "dtype", "train_images")
-
-
-def _adopt_checkpoint_config(args, saved):
-    """Makes `args` continue the checkpoint's training config `saved`.
-
-    An option left at its default takes the checkpoint's value (a resumed run
-    keeps its data, batch size, learning-rate schedule, dtype...); one given
-    with a value other than the checkpoint's is refused, naming it. Returns
-    `{key: value}` for the defaults that the checkpoint replaced.
-    """
-    if not saved:  # no checkpoint (reported later) or one without a config
-        return {}
-    defaults = vars(build_parser().parse_args(["train"]))
-    conflicts, adopted = [], {}
-    for key in _RESUMED:
-        if key not in saved:
-            continue
-        given, default, value = getattr(args, key), defaults[key], saved[key]
-        if key == "preset" and given is None:
-            given = default = "mnist-tiny"
-        if given == value:
-            continue
-        if given != default:
-            conflicts.append(f"--{key.replace('_', '-')} {given} (checkpoint: {value})")
-        else:
-            setattr(args, key, value)
-            adopted[key] = value
-    given = _overrides(args)
-    if given and "overrides" in saved and given != saved["overrides"]:
-        conflicts.append(f"architecture {given} (checkpoint: {saved['overrides']})")
-    if conflicts:
-        raise SystemExit(f"tfflows: --resume {args.resume} continues the checkpoint's training config; "
-                         f"these options differ from it: {'; '.join(conflicts)}. Drop them or pass the "
-                         f"checkpoint's values (a new run: --init-from DIR/model.weights.h5).")
-    return adopted
-
-
-def _train(args):
-    import keras
-    import numpy as np
-
-    import tfflows
-    from tfflows import training
-    from tfflows.zoo import data as zdata
-
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    ckpt_dir = os.path.join(args.resume or out, "checkpoints")
-    adopted = {}
-    if args.resume and args.strategy not in ("multiworker", "tpu"):
-        adopted = _adopt_checkpoint_config(args, _checkpoint_config(ckpt_dir))
-        if adopted:
-            _log("[tfflows] --resume continues the checkpoint's " + ", ".join(f"{k}={v}" for k, v in adopted.items()))
-    preset = args.preset or "mnist-tiny"
-    cfg = dict(model=args.model, preset=preset, overrides=_overrides(args), data=args.data,
-               batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, decay=args.decay,
-               decay_steps=args.decay_steps, clipnorm=args.clipnorm, ema=args.ema, seed=args.seed, n_bits=args.n_bits,
-               backend=keras.backend.backend(), jit=args.jit, strategy=args.strategy, dtype=args.dtype,
-               train_images=args.train_images)
-    from tfflows import distribute
-
-    custom_loop = args.strategy in ("multiworker", "tpu")
-    if custom_loop and args.ema is not None:
-        raise SystemExit(f"tfflows: --ema works with Keras fit (--strategy default or mirrored), "
-                         f"not with --strategy {args.strategy}.")
-    strategy = distribute.get_strategy(args.strategy)  # before any other TF op (multi-worker)
-    chief = distribute.is_chief(strategy)
-    keras.utils.set_random_seed(args.seed)
-    dtype, why = distribute.resolve_dtype(args.dtype)
-    if "dtype" in adopted:
-        why = "from the checkpoint"
-    cfg["dtype"] = dtype
-    distribute.set_dtype_policy(dtype)
-
-    # Data: arrays in memory (uint8) -> seeded tf.data pipelines.
-    train_u8 = zdata.load_arrays(args.data, "train", limit=args.train_images) if not _is_tfds(args.data) else None
-    test_src = args.test_data or args.data
-    try:
-        test_u8 = zdata.load_arrays(test_src, "test", limit=args.eval_images) if not _is_tfds(test_src) else None
-    except (ValueError, KeyError):
-        test_u8 = None
-    n_train = train_u8.shape[0] if train_u8 is not None else 60000
-    steps_per_epoch = max(1, n_train // args.batch_size)
-
-    state = {}
-    scope = strategy.scope()
-    scope.__enter__()
-    if args.resume and not custom_loop:
-        path = training.latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise SystemExit(f"tfflows: --resume {args.resume}: no checkpoint in {ckpt_dir}.")
-        model, state = training.load_checkpoint(path)
-        cfg = state.get("config", cfg)
-        _log(f"[tfflows] resumed {path}: step {state['step']}, {state['minutes']:.1f} min trained")
-    else:
-        model = build_model(args.model, preset, cfg["overrides"], pretrained=args.init_from == "pretrained")
-        if args.init_from and args.init_from != "pretrained":
-            _load_weights(model, args.init_from, f"--model {args.model} --preset {preset} with {cfg['overrides']}")
-            _log(f"[tfflows] initialised from {args.init_from}")
-        jit = {"auto": "auto", "on": True, "off": False}[args.jit]
-        model.compile(optimizer=tfflows.default_optimizer(_learning_rate(args), args.clipnorm, dims=model.dims,
-                                                          ema_momentum=args.ema),
-                      jit_compile=jit)
-    scope.__exit__(None, None, None)
-    _log(f"[tfflows] {cfg['model']} preset={cfg['preset']} params={model.count_params():,} "
-         f"backend={keras.backend.backend()} dtype={dtype} ({why}) train images={n_train} batch={args.batch_size}")
-
-    step0 = int(state.get("step", 0))
-    ds = zdata.load(train_u8 if train_u8 is not None else args.data, split="train",
-                    batch_size=args.batch_size, seed=args.seed, repeat=True, drop_remainder=True,
-                    n_bits=args.n_bits, skip=step0 * args.batch_size)
-    if model.needs_initialization:
-        init_batch = next(iter(zdata.load(train_u8, batch_size=512, seed=args.seed + 1, n_bits=args.n_bits)))
-        bpd0 = model.initialize(init_batch)
-        _log(f"[tfflows] data-dependent init on {init_batch.shape[0]} images: {bpd0:.4f} bits/dim")
-
-    eval_fn = None
-    if test_u8 is not None:
-        def eval_fn(m):
-            return training.evaluate_bpd(m, test_u8, draws=1, n_bits=args.n_bits)[0]
-
-    tracker = training.TrainState(None if custom_loop else ckpt_dir, state, minutes=args.minutes, every_minutes=args.checkpoint_minutes,
-                                  eval_fn=eval_fn, eval_minutes=args.eval_minutes, log=_log,
-                                  extra_state=dict(config=cfg))
-    target = args.epochs * steps_per_epoch
-    tracker.max_steps = target
-    epoch0 = step0 // steps_per_epoch
-    t0 = time.time()
-    error = None
-    if step0 < target:
-        try:
-            if custom_loop:  # tfflows' distributed loop, with its own resumable checkpoints
-                distribute.train(model, ds, strategy, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
-                                 callbacks=[tracker], verbose=args.verbose,
-                                 checkpoint_dir=os.path.join(args.resume or out, "dist_checkpoints"),
-                                 save_seconds=60 * args.checkpoint_minutes)
-            else:
-                with training.live_weights_after_fit(model):  # the checkpoint below holds the live weights
-                    model.fit(ds, epochs=args.epochs + (1 if step0 % steps_per_epoch else 0), initial_epoch=epoch0,
-                              steps_per_epoch=steps_per_epoch, callbacks=[tracker], verbose=args.verbose,
-                              shuffle=False)
-        except tfflows.TrainingDivergedError as e:
-            error = e
-    wall = time.time() - t0
-    if error is not None:
-        _log(f"[tfflows] {error}")
-        _log(f"[tfflows] the last good checkpoint is kept in {ckpt_dir}")
-        raise SystemExit(2)
-    tracker.checkpoint()
-    training.finalize_ema(model)  # outputs from here on use the moving average, as after Keras' fit
-    final = tracker.finish()
-    if tracker.stop_signal:
-        _log(f"[tfflows] stopped by {tracker.stop_signal} at step {final['step']}; continue with "
-             f"--resume {args.resume or out}")
-    if not chief:  # multi-worker: only the chief writes the outputs
-        return dict(step=final["step"])
-
-    training.save_inference_weights(model, os.path.join(out, "model.weights.h5"))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=1)
-    metrics = dict(step=final["step"], epochs=final["epoch"], train_minutes=final["minutes"],
-                   this_run_seconds=round(wall, 1), train_bpd=final.get("train_bpd", []),
-                   curve=final["curve"], params=int(model.count_params()))
-    if test_u8 is not None:
-        mean, se, _ = training.evaluate_bpd(model, test_u8, draws=2, n_bits=args.n_bits)
-        metrics.update(test_bpd=round(mean, 5), test_bpd_stderr=round(se, 5), test_images=int(test_u8.shape[0]))
-        _log(f"[tfflows] test bits/dim {mean:.4f} ± {se:.4f} on {test_u8.shape[0]} images")
-    write_samples(model, os.path.join(out, "samples.png"), seed=args.seed)
-    if not args.no_export:
-        from tfflows import export
-
-        export_model = model
-        if dtype != "float32":
-            # Serve in float32: a SavedModel with bfloat16 nets would run slowly
-            # (emulated) on CPUs without bfloat16 instructions.
-            keras.config.set_dtype_policy("float32")
-            export_model = build_model(cfg["model"], cfg["preset"], cfg["overrides"])
-            export_model.load_weights(os.path.join(out, "model.weights.h5"))
-        path = export.save(export_model, os.path.join(out, "savedmodel"))
-        metrics["savedmodel"] = str(path)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
-    _log(f"[tfflows] wrote {out}/: samples.png model.weights.h5 metrics.json config.json"
-         + ("" if args.no_export else " savedmodel/") + " checkpoints/")
-    return metrics
-
-
-def _is_tfds(source):
-    return isinstance(source, str) and source != "mnist" and not os.path.exists(source)
+        return recipe.train(train_options(args), log=_log)
+    except TrainingDivergedError as err:
+        _error("train", str(err))
+        return 2
 
 
 def cmd_evaluate(args):
@@ -458,6 +227,8 @@ def cmd_evaluate(args):
 
 
 def cmd_sample(args):
+    from tfflows.images import write_samples
+
     model, _ = load_model_from_args(args)
     temps = [float(t) for t in args.temperatures.split(",")]
     write_samples(model, args.out, temps, n=args.n, seed=args.seed)
@@ -467,13 +238,9 @@ def cmd_sample(args):
 def cmd_export(args):
     from tfflows import export
 
-    try:
-        model, _ = load_model_from_args(args)
-        start = time.time()
-        path = export.save(model, args.out, version=args.version, overwrite=args.overwrite)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, OSError) as err:
-        print(f"tfflows export: error: {err}", file=sys.stderr)
-        return 2
+    model, _ = load_model_from_args(args)
+    start = time.time()
+    path = export.save(model, args.out, version=args.version, overwrite=args.overwrite)
     _log(f"wrote SavedModel {path} ({model.name}, {time.time() - start:.1f} s)")
     for name, spec in export.signature_specs(model).items():
         ins = ", ".join(f"{k}: {d}{list(s)}" for k, (d, s) in spec["inputs"].items())
@@ -491,7 +258,48 @@ def cmd_list(args):
         print(f"{row['name']:22s} {json.dumps(row['architecture'])}{bpd}")
 
 
+# The user's input, not a tfflows bug: bad options or values (ValueError,
+# TypeError; DataError, WeightsError, WeightsFileError, recipe.UsageError are
+# ValueErrors), files that are missing, unreadable or unwritable (OSError,
+# h5py's OSError for a truncated file, zipfile.BadZipFile). `main` prints
+# these as one line and returns 2; anything else is a bug and keeps its
+# traceback.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def _is_user_error(err):
+    import zipfile
+
+    if isinstance(err, USER_ERRORS + (zipfile.BadZipFile,)):
+        return True
+    tf = sys.modules.get("tensorflow")  # TF's own file errors (an unwritable export path, ...)
+    errors = getattr(tf, "errors", None) if tf is not None else None
+    file_errors = tuple(getattr(errors, name) for name in (
+        "NotFoundError", "PermissionDeniedError", "AlreadyExistsError", "FailedPreconditionError")
+        if errors is not None and hasattr(errors, name))
+    return bool(file_errors) and isinstance(err, file_errors)
+
+
+def _one_line(err):
+    text = getattr(err, "message", None)
+    text = text if isinstance(text, str) and text.strip() else str(err)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    if text.startswith("tfflows: "):
+        text = text[len("tfflows: "):]
+    return text
+
+
+def _error(command, text):
+    print(f"tfflows {command}: error: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv=None):
+    """Runs one command. Returns its exit status: 0, or 2 after printing an
+    ordinary user error (a bad option, a missing, corrupted or unwritable
+    file, unusable data) as one line `tfflows <command>: error: ...` on
+    stderr. Argument errors and refusals that raise `SystemExit` exit with 2
+    too; other exceptions (bugs) propagate with their traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -501,7 +309,23 @@ def main(argv=None):
         os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     commands = dict(train=cmd_train, evaluate=cmd_evaluate, sample=cmd_sample, export=cmd_export, list=cmd_list)
-    rc = commands[args.command](args)
+    from tfflows.recipe import UsageError
+
+    try:
+        try:
+            rc = commands[args.command](args)
+        except UsageError as err:  # a refusal of the options: like argparse's, SystemExit(2)
+            raise SystemExit(f"tfflows: {err}") from None
+    except SystemExit as err:
+        if isinstance(err.code, str):  # a refusal with its message: one line, status 2
+            _error(args.command, _one_line(err.code))
+            err.code = 2
+        raise
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
+        _error(args.command, _one_line(err))
+        return 2
     return rc if isinstance(rc, int) else 0
 
 

@@ -1,9 +1,13 @@
 """Base distributions for flows, as weightless (or lightly weighted) Keras layers.
 
-Each has `log_prob(z) -> (batch,)` summed over the event, and
-`sample(shape, temperature=1.0, seed=None)`. Temperature scales the
-distribution's spread (Glow's reduced-temperature sampling), either one
-scalar or one value per row of the batch.
+Each has `log_prob(z, context=None) -> (batch,)` summed over the event and
+`sample(shape, context=None, temperature=1.0, seed=None)`. A sample is a
+map of standard noise: `noise` names the noise (`"normal"`: N(0, 1);
+`"uniform"`: U[0, 1)) and `from_noise(eps, context, temperature)` maps it,
+so an exporter can draw the noise with its own (stateless) generator and
+still sample any base (`tfflows.export` does). Temperature scales the
+distribution's spread around its mode (Glow's reduced-temperature
+sampling), either one scalar or one value per row of the batch.
 """
 
 import math
@@ -11,8 +15,13 @@ import math
 import keras
 from keras import ops
 
+from tfflows.layers.base import event_size
 
-def _scale_rows(z, temperature):
+NOISES = ("normal", "uniform")
+
+
+def scale_rows(z, temperature):
+    """`z * temperature`, with a scalar or one temperature per row of `z`."""
     t = ops.convert_to_tensor(temperature, dtype=z.dtype)
     if len(t.shape) == 1:
         t = ops.reshape(t, (-1,) + (1,) * (len(z.shape) - 1))
@@ -23,44 +32,75 @@ def _sum_event(v):
     return ops.sum(ops.reshape(v, (ops.shape(v)[0], -1)), axis=1)
 
 
+class Distribution(keras.layers.Layer):
+    """Base class of tfflows base distributions.
+
+    Subclasses set `noise` and implement `log_prob(z, context=None)` and
+    `from_noise(eps, context=None, temperature=1.0)`.
+    """
+
+    #: The standard noise `from_noise` maps: `"normal"` or `"uniform"`.
+    noise = "normal"
+
+    def log_prob(self, z, context=None):
+        raise NotImplementedError(f"{type(self).__name__} must implement log_prob")
+
+    def from_noise(self, eps, context=None, temperature=1.0):
+        raise NotImplementedError(f"{type(self).__name__} must implement from_noise")
+
+    def draw_noise(self, shape, seed=None, dtype="float32"):
+        """Standard noise of this distribution's `noise` kind (Keras RNG)."""
+        if self.noise == "uniform":
+            return keras.random.uniform(shape, seed=seed, dtype=dtype)
+        return keras.random.normal(shape, seed=seed, dtype=dtype)
+
+    def sample(self, shape, context=None, temperature=1.0, seed=None):
+        """`shape` (batch axis first) samples at `temperature`."""
+        return self.from_noise(self.draw_noise(shape, seed=seed), context=context, temperature=temperature)
+
+    def call(self, z, context=None):
+        return self.log_prob(z, context=context)
+
+
 @keras.saving.register_keras_serializable(package="tfflows")
-class Normal(keras.layers.Layer):
+class Normal(Distribution):
     """The standard normal `N(0, I)` over the latent.
 
-    `log_prob(z) = -0.5 * sum(z^2) - D/2 * log(2 pi)`; `sample` draws
-    `temperature * eps`, `eps ~ N(0, I)`. The mode is 0.
+    `log_prob(z) = -0.5 * sum(z^2) - D/2 * log(2 pi)`; a sample at
+    temperature T is `T * eps`, `eps ~ N(0, I)`. The mode is 0.
     """
 
-    def log_prob(self, z):
-        d = 1
-        for s in z.shape[1:]:
-            d *= s
-        return -0.5 * _sum_event(ops.square(z)) - 0.5 * d * math.log(2 * math.pi)
+    noise = "normal"
 
-    def sample(self, shape, temperature=1.0, seed=None):
-        return _scale_rows(keras.random.normal(shape, seed=seed), temperature)
+    def log_prob(self, z, context=None):
+        return -0.5 * _sum_event(ops.square(z)) - 0.5 * event_size(z.shape) * math.log(2 * math.pi)
 
-    def call(self, z):
-        return self.log_prob(z)
+    def from_noise(self, eps, context=None, temperature=1.0):
+        return scale_rows(eps, temperature)
 
 
 @keras.saving.register_keras_serializable(package="tfflows")
-class Logistic(keras.layers.Layer):
+class Logistic(Distribution):
     """The standard logistic distribution per dimension (NICE's prior).
 
-    `log p(z) = sum -(z + 2 softplus(-z))`; sampling inverts the CDF,
-    `z = log u - log(1 - u)`, then scales by `temperature`. The mode is 0.
+    `log p(z) = sum -(z + 2 softplus(-z))`; sampling inverts the CDF of a
+    uniform `u` squeezed into `[1e-6, 1 - 1e-6)`, `z = log u - log(1 - u)`,
+    then scales by `temperature`. The mode is 0.
     """
 
-    def log_prob(self, z):
+    noise = "uniform"
+    _LOW, _HIGH = 1e-6, 1.0 - 1e-6
+
+    def log_prob(self, z, context=None):
         return _sum_event(-(z + 2.0 * ops.softplus(-z)))
 
-    def sample(self, shape, temperature=1.0, seed=None):
-        u = keras.random.uniform(shape, minval=1e-6, maxval=1.0 - 1e-6, seed=seed)
-        return _scale_rows(ops.log(u) - ops.log1p(-u), temperature)
-
-    def call(self, z):
-        return self.log_prob(z)
+    def from_noise(self, eps, context=None, temperature=1.0):
+        # The same float32 arithmetic as tf.random.stateless_uniform(minval,
+        # maxval): u * (high - low) + low.
+        low = ops.convert_to_tensor(self._LOW, dtype=eps.dtype)
+        high = ops.convert_to_tensor(self._HIGH, dtype=eps.dtype)
+        u = eps * (high - low) + low
+        return scale_rows(ops.log(u) - ops.log1p(-u), temperature)
 
 
 BASES = {"normal": Normal, "logistic": Logistic}
@@ -74,9 +114,11 @@ def get(base):
         return BASES[base]()
     if isinstance(base, dict):
         return keras.saving.deserialize_keras_object(base)
-    if not (hasattr(base, "log_prob") and hasattr(base, "sample")):
+    if not isinstance(base, Distribution):
         raise TypeError(
-            f"base must be 'normal', 'logistic' or a layer with log_prob and sample; "
+            f"base must be 'normal', 'logistic' or a tfflows.distributions.Distribution; "
             f"got {type(base).__name__}."
         )
+    if base.noise not in NOISES:
+        raise TypeError(f"{type(base).__name__}.noise must be one of {NOISES}, got {base.noise!r}.")
     return base

@@ -7,13 +7,10 @@ trailing shape; every signature has the method name
 `tensorflow/serving/predict`. `(H, W, C)` is `model.data_shape` and `D` the
 latent size `prod(model.latent_shape)`.
 
-| signature         | inputs                                   | outputs                                   |
-|-------------------|------------------------------------------|-------------------------------------------|
-| `serving_default` | `images` uint8 `(batch, H, W, C)`, 0-255 | `log_prob`, `bits_per_dim` float32 `(batch,)` |
-| `log_prob_float`  | `images` float32 `(batch, H, W, C)` in [0, 1) | `log_prob`, `bits_per_dim` float32 `(batch,)` |
-| `sample`          | `temperature` float32 `(batch,)`, `seed` int64 `(batch,)` | `images` float32 `(batch, H, W, C)` |
-| `encode`          | `images` float32 `(batch, H, W, C)` in [0, 1) | `latent` float32 `(batch, D)`         |
-| `decode`          | `latent` float32 `(batch, D)`            | `images` float32 `(batch, H, W, C)`       |
+The signatures, their inputs and outputs are one table,
+`tfflows.serving.SIGNATURES` (`serving_default` and `log_prob_float` give
+`log_prob` and `bits_per_dim`; `sample`, `encode` and `decode` map between
+images and the flat latent); docs/serving.md shows it with examples.
 
 Conventions:
 
@@ -33,10 +30,16 @@ Conventions:
 - `sample` draws each row from its own stateless key `[seed, 0]`:
   `z = temperature * eps`, `eps ~ N(0, I)` for a normal base (via
   `tf.random.stateless_normal`) or the standard logistic for a logistic base
-  (`log u - log1p(-u)` of a stateless uniform in `[1e-6, 1 - 1e-6)`). A row
+  (`log u - log1p(-u)` of a stateless uniform in `[1e-6, 1 - 1e-6)`): the
+  base's own `from_noise` map of stateless noise of its `noise` kind. A row
   depends only on its own seed and temperature, never on the batch.
 - `sample` and `decode` return float32 images in data space clipped to
-  `[0, 1]`; multiply by 255 and round for 8-bit pixels.
+  `[0, 1]`; multiply by 255 and round for 8-bit pixels. They never return
+  NaN: a non-finite image (the inverse overflowed, e.g. at a high
+  temperature) fails the call with an `InvalidArgumentError` saying so
+  ("sample: the inverse overflowed at this temperature ... lower the
+  temperature"), as do a NaN, infinite or negative `temperature` and a
+  latent holding NaN or Inf.
 - Requests with a wrong dtype or trailing shape fail with an
   `InvalidArgumentError` naming the expected dtype or shape; the server (or
   the loading process) keeps running.
@@ -47,81 +50,66 @@ never imports tfflows or keras.
 """
 
 import json
-import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfflows import distributions
+from tfflows import distributions, serving
+from tfflows.layers.base import event_size
+from tfflows.models import bits_per_dim
+from tfflows.version import __version__
+from tfflows.zoo.data import dequantize_images
 
-SIGNATURES = ("serving_default", "log_prob_float", "sample", "encode", "decode")
+SIGNATURES = tuple(serving.SIGNATURES)
 METADATA_FILE = os.path.join("assets.extra", "tfflows.json")
 
 
 # -- model introspection --------------------------------------------------------
 def latent_layout(model):
-    """The parts of the flat latent, in order, as a list of dicts.
+    """The parts of the flat latent, in order (`FlowModel.latent_layout`).
 
     Each dict has `name` (`"split_1"`, ..., `"final"`, or `"latent"` for
     flows without a split), `shape` (the part's event shape, HWC), `offset`
     and `size` in the flat `(batch, D)` latent.
     """
-    flow = model.flow
-    split_shapes = list(getattr(flow, "_split_shapes", []) or [])
-    if getattr(flow, "has_split", False) and split_shapes:
-        named = [(f"split_{i + 1}", s[1:]) for i, s in enumerate(split_shapes)]
-        named.append(("final", flow._final_shape[1:]))
-    else:
-        named = [("latent", model.latent_shape)]
-    parts, offset = [], 0
-    for name, shape in named:
-        size = int(np.prod(shape))
-        parts.append(dict(name=name, shape=[int(d) for d in shape], offset=offset, size=size))
-        offset += size
-    return parts
+    return model.latent_layout()
 
 
 def signature_specs(model):
-    """`{signature: {"inputs": {name: (dtype, shape)}, "outputs": {...}}}`.
+    """`{signature: {"inputs": {name: (dtype, shape)}, "outputs": {...}}}`
+    for `model`: `tfflows.serving.SIGNATURES` with the shapes filled in.
 
     Dtypes are numpy names, shapes use `None` for the free batch axis.
     """
-    image = (None,) + tuple(model.data_shape)
-    latent = (None, int(np.prod(model.latent_shape)))
-    density = {"log_prob": ("float32", (None,)), "bits_per_dim": ("float32", (None,))}
-    return {
-        "serving_default": {"inputs": {"images": ("uint8", image)}, "outputs": dict(density)},
-        "log_prob_float": {"inputs": {"images": ("float32", image)}, "outputs": dict(density)},
-        "sample": {"inputs": {"temperature": ("float32", (None,)), "seed": ("int64", (None,))},
-                   "outputs": {"images": ("float32", image)}},
-        "encode": {"inputs": {"images": ("float32", image)}, "outputs": {"latent": ("float32", latent)}},
-        "decode": {"inputs": {"latent": ("float32", latent)}, "outputs": {"images": ("float32", image)}},
-    }
+    shapes = {"batch": (None,), "image": (None,) + tuple(model.data_shape),
+              "latent": (None, event_size((None,) + tuple(model.latent_shape)))}
+    return {name: {side: {k: (dtype, shapes[kind]) for k, (dtype, kind) in spec[side].items()}
+                   for side in ("inputs", "outputs")}
+            for name, spec in serving.SIGNATURES.items()}
 
 
-def _base_noise_fn(base):
-    """A `(key, shape) -> noise` stateless sampler for the model's base."""
-    if isinstance(base, distributions.Normal):
-        return lambda key, shape: tf.random.stateless_normal(shape, seed=key, dtype=tf.float32)
-    if isinstance(base, distributions.Logistic):
-        def logistic(key, shape):
-            u = tf.random.stateless_uniform(shape, seed=key, minval=1e-6, maxval=1.0 - 1e-6,
-                                            dtype=tf.float32)
-            return tf.math.log(u) - tf.math.log1p(-u)
-        return logistic
-    raise TypeError(
-        f"tfflows.export can sample from Normal and Logistic bases only; the model's base "
-        f"is a {type(base).__name__}."
-    )
+def _stateless_noise(kind, key, shape):
+    """Standard noise of `kind` (a base's `noise`) from the stateless key `key`."""
+    if kind == "uniform":
+        return tf.random.stateless_uniform(shape, seed=key, dtype=tf.float32)
+    return tf.random.stateless_normal(shape, seed=key, dtype=tf.float32)
 
 
 def _check_exportable(model):
     if not (hasattr(model, "flow") and hasattr(model, "base") and hasattr(model, "data_shape")):
         raise TypeError(f"tfflows.export.save needs a tfflows FlowModel, got {type(model).__name__}.")
+    if model.n_bits is None:
+        raise ValueError(f"tfflows.export serves images: model '{model.name}' models continuous data "
+                         f"(n_bits=None). Save it with model.save(...) instead.")
+    if model.context_shape is not None:
+        raise ValueError(f"tfflows.export does not serve conditional models yet (model '{model.name}' has "
+                         f"context_shape={model.context_shape}); save it with model.save(...).")
     if model.n_bits > 8:
         raise ValueError(
             f"tfflows.export serves uint8 images, so the model's n_bits must be at most 8. "
@@ -132,7 +120,9 @@ def _check_exportable(model):
             f"Model '{model.name}' has ActNorm layers that were never initialised: call "
             f"model.initialize(batch) (or fit, or load trained weights) before exporting."
         )
-    _base_noise_fn(model.base)
+    if not isinstance(model.base, distributions.Distribution) or model.base.noise not in distributions.NOISES:
+        raise TypeError(f"tfflows.export samples a tfflows.distributions.Distribution (its from_noise of "
+                        f"normal or uniform noise); the model's base is a {type(model.base).__name__}.")
 
 
 # -- the serving functions ---------------------------------------------------------
@@ -140,11 +130,10 @@ def _endpoints(model):
     """The five serving functions, closed over `model`'s layers and variables."""
     data_shape = tuple(model.data_shape)
     latent_shape = tuple(model.latent_shape)
-    dims = int(np.prod(data_shape))
-    latent_dim = int(np.prod(latent_shape))
+    dims = event_size((None,) + data_shape)
+    latent_dim = event_size((None,) + latent_shape)
     n_bits = int(model.n_bits)
-    bins = float(2 ** n_bits)
-    noise = _base_noise_fn(model.base)
+    specs = signature_specs(model)
 
     def density(x):
         z, log_det = model.flow.forward(x)
@@ -152,7 +141,7 @@ def _endpoints(model):
         # its event size from it).
         z = tf.ensure_shape(z, (None,) + latent_shape)
         log_p = model.base.log_prob(z) + log_det
-        bpd = (-log_p + dims * n_bits * math.log(2.0)) / (dims * math.log(2.0))
+        bpd = bits_per_dim(log_p, dims, n_bits)
         return {"log_prob": tf.identity(log_p, name="log_prob"),
                 "bits_per_dim": tf.identity(bpd, name="bits_per_dim")}
 
@@ -160,8 +149,7 @@ def _endpoints(model):
         return tf.ensure_shape(images, (None,) + data_shape, name="check_images_shape")
 
     def log_prob_uint8(images):
-        k = tf.bitwise.right_shift(check_images(images), tf.constant(8 - n_bits, tf.uint8))
-        return density((tf.cast(k, tf.float32) + 0.5) / bins)
+        return density(dequantize_images(check_images(images), 0.5, n_bits))  # bin centres
 
     def log_prob_float(images):
         return density(check_images(images))
@@ -170,14 +158,20 @@ def _endpoints(model):
         z, _ = model.flow.forward(check_images(images))
         return {"latent": tf.reshape(z, (-1, latent_dim), name="latent")}
 
-    def decode_flat(latent):
+    def decode_flat(latent, overflow_message):
         z = tf.reshape(latent, (-1,) + latent_shape)
         x, _ = model.flow.inverse(z)
+        # A non-finite image fails the call (InvalidArgumentError with this
+        # message) rather than coming back as NaN, which clipping would keep.
+        x = tf.debugging.check_numerics(x, overflow_message)
         return tf.clip_by_value(x, 0.0, 1.0, name="images")
 
     def decode(latent):
         latent = tf.ensure_shape(latent, (None, latent_dim), name="check_latent_shape")
-        return {"images": decode_flat(latent)}
+        latent = tf.debugging.check_numerics(latent, "decode: the latent holds NaN or Inf")
+        return {"images": decode_flat(
+            latent, "decode: the inverse gave a non-finite image for this latent (it overflowed: the latent is "
+                    "too far out for this model)")}
 
     def sample(temperature, seed):
         temperature = tf.ensure_shape(temperature, (None,), name="check_temperature_shape")
@@ -186,33 +180,35 @@ def _endpoints(model):
             tf.shape(temperature)[0], tf.shape(seed)[0],
             message="sample needs one temperature per seed (inputs 'temperature' and 'seed' "
                     "must have the same batch size)")
-        with tf.control_dependencies([same_batch]):
+        good_temperature = tf.debugging.Assert(
+            tf.reduce_all(tf.math.is_finite(temperature) & (temperature >= 0.0)),
+            ["sample: every temperature must be finite and >= 0; got temperature =", temperature],
+            summarize=16)
+        with tf.control_dependencies([same_batch, good_temperature]):
             seed = tf.identity(seed)
+            temperature = tf.identity(temperature)
 
         def one_row(args):
             t, s = args
             key = tf.stack([s, tf.zeros_like(s)])
-            return noise(key, latent_shape) * t
+            eps = _stateless_noise(model.base.noise, key, latent_shape)
+            return model.base.from_noise(eps, temperature=t)
 
         z = tf.map_fn(one_row, (temperature, seed),
                       fn_output_signature=tf.TensorSpec(latent_shape, tf.float32))
-        return {"images": decode_flat(tf.reshape(z, (-1, latent_dim)))}
+        return {"images": decode_flat(
+            tf.reshape(z, (-1, latent_dim)),
+            "sample: the inverse overflowed at this temperature (a non-finite image); lower the temperature")}
 
-    image_f32 = tf.TensorSpec((None,) + data_shape, tf.float32, name="images")
-    return {
-        "serving_default": (log_prob_uint8, [tf.TensorSpec((None,) + data_shape, tf.uint8, name="images")]),
-        "log_prob_float": (log_prob_float, [image_f32]),
-        "sample": (sample, [tf.TensorSpec((None,), tf.float32, name="temperature"),
-                            tf.TensorSpec((None,), tf.int64, name="seed")]),
-        "encode": (encode, [image_f32]),
-        "decode": (decode, [tf.TensorSpec((None, latent_dim), tf.float32, name="latent")]),
-    }
+    functions = dict(serving_default=log_prob_uint8, log_prob_float=log_prob_float, sample=sample,
+                     encode=encode, decode=decode)
+    return {name: (functions[name], [tf.TensorSpec(shape, dtype, name=k)
+                                     for k, (dtype, shape) in specs[name]["inputs"].items()])
+            for name in SIGNATURES}
 
 
 def metadata(model):
     """What `save` writes to `assets.extra/tfflows.json` (plain JSON types)."""
-    from tfflows import __version__
-
     specs = signature_specs(model)
     return {
         "format": "tfflows-savedmodel/1",
@@ -222,7 +218,7 @@ def metadata(model):
         "n_bits": int(model.n_bits),
         "base": type(model.base).__name__,
         "latent_shape": [int(d) for d in model.latent_shape],
-        "latent_dim": int(np.prod(model.latent_shape)),
+        "latent_dim": event_size((None,) + tuple(model.latent_shape)),
         "latent_layout": latent_layout(model),
         "dequantization": "x = ((u8 >> (8 - n_bits)) + 0.5) / 2**n_bits (bin centres)",
         "sample_key": "per row: [seed, 0] for tf.random.stateless_*",
@@ -238,11 +234,58 @@ def metadata(model):
 
 # -- writing -------------------------------------------------------------------------
 def list_versions(base_path):
-    """The numeric version folders under `base_path`, sorted (as TF Serving sees them)."""
+    """The numeric version folders under `base_path`, sorted (as TF Serving sees them).
+
+    Temporary `.tmp-export-*` folders of an export in progress (or of one
+    that was killed) are not versions.
+    """
     if not tf.io.gfile.isdir(base_path):
         return []
     return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(base_path)
                   if n.rstrip("/").isdigit())
+
+
+# `save` writes into `.tmp-export-<version>-<host>-pid<pid>-<random>` in the
+# base folder; host and pid let a later export tell a folder left by a killed
+# process (removed) from one being written right now (kept).
+_TMP_PREFIX = ".tmp-export-"
+_TMP_RE = re.compile(r"^\.tmp-export-\d+-(?P<host>.*)-pid(?P<pid>\d+)-[^-]*$")
+
+
+def _host_tag():
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _process_running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return True  # unknown: keep its folder
+    return True
+
+
+def remove_stale_exports(base_path):
+    """Removes `.tmp-export-*` folders in `base_path` left by an export on this
+    host whose process is no longer running (killed during `save`). Folders of
+    running processes, or written from another host, are kept. Returns the
+    removed paths."""
+    if not os.path.isdir(base_path):
+        return []
+    removed = []
+    for name in os.listdir(base_path):
+        match = _TMP_RE.match(name)
+        if not match or match["host"] != _host_tag():
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and not _process_running(pid):
+            path = os.path.join(base_path, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _write_archive(model, path):
@@ -282,7 +325,9 @@ def save(model, base_path, version=None, overwrite=False):
 
     On a local disk the SavedModel is written to a hidden temporary folder in
     `base_path` and renamed into place, so a TF Serving instance polling
-    `base_path` never sees a half-written version.
+    `base_path` never sees a half-written version. Such folders left by a
+    killed export (on this host, by a process no longer running) are
+    removed by the next `save` to `base_path`.
     """
     _check_exportable(model)
     base_path = os.fspath(base_path)
@@ -304,7 +349,8 @@ def save(model, base_path, version=None, overwrite=False):
             tf.io.gfile.rmtree(target)
         _write_archive(model, target)
         return target
-    tmp = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=base_path)
+    remove_stale_exports(base_path)
+    tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{version}-{_host_tag()}-pid{os.getpid()}-", dir=base_path)
     try:
         # mkdtemp makes a 0700 folder; give the version folder the usual
         # permissions so a server running as another user can read it.

@@ -35,23 +35,29 @@ import numpy as np
 DEFAULT_REST_PORT = 8501
 DEFAULT_GRPC_PORT = 8500
 
-#: Input names and dtypes of each exported signature (see `tfflows.export`).
-SIGNATURE_INPUTS = {
-    "serving_default": {"images": "uint8"},
-    "log_prob_float": {"images": "float32"},
-    "sample": {"temperature": "float32", "seed": "int64"},
-    "encode": {"images": "float32"},
-    "decode": {"latent": "float32"},
+#: The signatures `tfflows.export.save` writes: the one table of their inputs
+#: and outputs, as `(dtype, shape)` with the shape named by its kind:
+#: `"batch"` is `(batch,)`, `"image"` is `(batch, H, W, C)` (the model's
+#: `data_shape`) and `"latent"` is `(batch, D)` (the flat latent). The
+#: exporter builds its `tf.TensorSpec`s from it and this client checks
+#: requests against it; docs/serving.md says what each one computes.
+SIGNATURES = {
+    "serving_default": {"inputs": {"images": ("uint8", "image")},
+                        "outputs": {"log_prob": ("float32", "batch"), "bits_per_dim": ("float32", "batch")}},
+    "log_prob_float": {"inputs": {"images": ("float32", "image")},
+                       "outputs": {"log_prob": ("float32", "batch"), "bits_per_dim": ("float32", "batch")}},
+    "sample": {"inputs": {"temperature": ("float32", "batch"), "seed": ("int64", "batch")},
+               "outputs": {"images": ("float32", "image")}},
+    "encode": {"inputs": {"images": ("float32", "image")}, "outputs": {"latent": ("float32", "latent")}},
+    "decode": {"inputs": {"latent": ("float32", "latent")}, "outputs": {"images": ("float32", "image")}},
 }
 
-#: Output names of each exported signature.
-SIGNATURE_OUTPUTS = {
-    "serving_default": ("bits_per_dim", "log_prob"),
-    "log_prob_float": ("bits_per_dim", "log_prob"),
-    "sample": ("images",),
-    "encode": ("latent",),
-    "decode": ("images",),
-}
+#: Input names and dtypes of each exported signature (from `SIGNATURES`).
+SIGNATURE_INPUTS = {name: {k: dtype for k, (dtype, _) in spec["inputs"].items()}
+                    for name, spec in SIGNATURES.items()}
+
+#: Output names of each exported signature (from `SIGNATURES`), sorted.
+SIGNATURE_OUTPUTS = {name: tuple(sorted(spec["outputs"])) for name, spec in SIGNATURES.items()}
 
 
 class RequestError(ValueError):

@@ -26,34 +26,9 @@ import time
 import keras
 import numpy as np
 
-
-def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_checkpoint(model, directory, state, keep=2):
-    """Writes `ckpt-<step>/` then points `LATEST` at it. Returns its path."""
-    os.makedirs(directory, exist_ok=True)
-    name = f"ckpt-{int(state['step']):09d}"
-    final = os.path.join(directory, name)
-    tmp = os.path.join(directory, f".tmp-{name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    model.save(os.path.join(tmp, "model.keras"))
-    _atomic_write_text(os.path.join(tmp, "state.json"), json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _atomic_write_text(os.path.join(directory, "LATEST"), name + "\n")
-    ckpts = sorted(d for d in os.listdir(directory) if d.startswith("ckpt-"))
-    for old in ckpts[:-keep]:
-        if old != name:
-            shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
-    return final
+# The checkpoint format lives in `tfflows.checkpoint` (one format for the
+# CLI, `fit` and multi-worker runs); these names stay importable from here.
+from tfflows.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint  # noqa: F401
 
 
 def save_inference_weights(model, path, net_kernels_float16=False):
@@ -63,18 +38,23 @@ def save_inference_weights(model, path, net_kernels_float16=False):
     With `net_kernels_float16=True` the coupling networks' large kernels are
     stored as float16 (see `store_net_kernels_float16`); Keras'
     `load_weights` casts them back to the variables' float32 on either
-    backend, so the file loads like any other. The file is written under a
-    temporary name and moved into place only when complete.
+    backend, so the file loads like any other. Either way the file carries
+    a sha256 of its weights (`tfflows.weights_file.sign`) that tfflows'
+    loaders verify, and it is written under a temporary name and moved into
+    place only when complete and signed.
     """
+    from tfflows import weights_file
+
     twin = type(model).from_config(model.get_config())
     twin.set_weights(model.get_weights())
-    if not net_kernels_float16:
-        twin.save_weights(path)
-        return path
     tmp = f"{path}.tmp-{os.getpid()}.weights.h5"
     try:
         twin.save_weights(tmp)
-        store_net_kernels_float16(tmp, path)
+        if net_kernels_float16:
+            store_net_kernels_float16(tmp, path)  # signs what it writes
+        else:
+            weights_file.sign(tmp)  # (again, if the model's save_weights signs: same digest)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -101,10 +81,13 @@ def store_net_kernels_float16(src, dst, min_size=4096):
     parameters moves its log-determinants. Refuses (`ValueError`, nothing
     written to `dst`) a kernel that is not finite or that float16 cannot
     hold (magnitude above 65504). Returns `(n_rounded, n_total)` entries.
-    `dst` is written under a temporary name and then moved into place, so
-    an existing `dst` is only replaced by a complete file.
+    `dst` is written under a temporary name, signed with a sha256 of its
+    weights (`tfflows.weights_file.sign`) and then moved into place, so an
+    existing `dst` is only replaced by a complete file.
     """
     import h5py
+
+    from tfflows import weights_file
 
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError(f"store_net_kernels_float16: src and dst are the same file ({src}).")
@@ -113,7 +96,9 @@ def store_net_kernels_float16(src, dst, min_size=4096):
 
     try:
         with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
-            fout.attrs.update(fin.attrs)
+            # Keras' metadata; not the source's checksum, which the copy's replaces.
+            fout.attrs.update({k: v for k, v in fin.attrs.items()
+                               if k not in (weights_file.DIGEST_ATTR, weights_file.VERSION_ATTR)})
 
             def copy(name, obj):
                 if isinstance(obj, h5py.Group):
@@ -133,6 +118,7 @@ def store_net_kernels_float16(src, dst, min_size=4096):
                 fout.create_dataset(name, data=data).attrs.update(obj.attrs)
 
             fin.visititems(copy)
+        weights_file.sign(tmp)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
@@ -154,31 +140,6 @@ def float16_entries(path):
     with h5py.File(path, "r") as f:
         f.visititems(count)
     return tuple(counts)
-
-
-def latest_checkpoint(directory):
-    """Path of the newest complete checkpoint in `directory`, or `None`."""
-    pointer = os.path.join(directory, "LATEST")
-    if not os.path.exists(pointer):
-        return None
-    with open(pointer) as f:
-        name = f.read().strip()
-    path = os.path.join(directory, name)
-    if not os.path.exists(os.path.join(path, "state.json")):
-        raise ValueError(f"checkpoint {path} named by {pointer} is incomplete or missing.")
-    return path
-
-
-def load_checkpoint(path):
-    """`(model, state)` from a checkpoint folder (Keras safe_mode loading)."""
-    model = keras.saving.load_model(os.path.join(path, "model.keras"), safe_mode=True)
-    return model, read_state(path)
-
-
-def read_state(path):
-    """The `state.json` dict of a checkpoint folder (step, minutes, curve, config)."""
-    with open(os.path.join(path, "state.json")) as f:
-        return json.load(f)
 
 
 @contextlib.contextmanager
@@ -218,14 +179,14 @@ def ema_weights(model):
     an optimizer without one, or before its first step).
     """
     opt = getattr(model, "optimizer", None)
-    averages = getattr(opt, "_model_variables_moving_average", None) if getattr(opt, "use_ema", False) else None
-    if not averages or int(keras.ops.convert_to_numpy(opt.iterations)) == 0:
+    if opt is None or not getattr(opt, "use_ema", False) or int(keras.ops.convert_to_numpy(opt.iterations)) == 0:
         yield False
         return
-    variables = opt._trainable_variables
+    variables = list(model.trainable_weights)
     live = [keras.ops.convert_to_numpy(v) for v in variables]
-    for var, avg in zip(variables, averages):
-        var.assign(avg)
+    # The class's method: `live_weights_after_fit` silences the instance's
+    # during `fit`, when the learning curve evaluates the average.
+    type(opt).finalize_variable_values(opt, variables)
     try:
         yield True
     finally:
@@ -268,6 +229,9 @@ class TrainState(keras.callbacks.Callback):
         self.max_steps = None
         self.stop_signal = None
         self._old_handlers = {}
+        # Set again when training begins; here so that a resumed run with no
+        # step left to train can still checkpoint and finish.
+        self._t0 = self._last_ckpt = self._last_eval = time.time()
 
     def _elapsed(self):
         return self.state["minutes"] + (time.time() - self._t0) / 60.0
@@ -366,11 +330,11 @@ def bpd_per_draw(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8)
     Returns a float64 array of shape `(draws, n_images)`; the noise comes from
     `numpy.random.default_rng(seed)`, one draw of the whole set after another.
     """
+    from tfflows.zoo.data import dequantize_images  # the one dequantization formula
+
     images = np.asarray(images_u8)
     if images.ndim == 3:
         images = images[..., None]
-    shift = 8 - n_bits
-    k = (images.astype(np.int32) >> shift).astype(np.float32)
     rng = np.random.default_rng(seed)
     out = np.zeros((draws, images.shape[0]), dtype=np.float64)
     # Compiled (tf.function / jax.jit) rather than eager: traced once per batch
@@ -379,7 +343,7 @@ def bpd_per_draw(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8)
     make = getattr(model, "make_bits_per_dim_function", None)
     bpd = make() if make is not None else model.bits_per_dim
     for d in range(draws):
-        x = (k + rng.random(k.shape, dtype=np.float32)) / float(2 ** n_bits)
+        x = np.asarray(dequantize_images(images, rng.random(images.shape, dtype=np.float32), n_bits))
         out[d] = np.concatenate([
             np.asarray(keras.ops.convert_to_numpy(bpd(x[i:i + batch_size])))
             for i in range(0, x.shape[0], batch_size)

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tfflows import cli, training  # noqa: E402
+from tfflows import images, training  # noqa: E402
 from tfflows.zoo import builders  # noqa: E402
 from tfflows.zoo import data as zdata  # noqa: E402
 
@@ -271,7 +271,7 @@ def main():
         base_step, base_min = resume_point(manifest[args.key].get("stages") or [])
         if metrics["step"] <= base_step:
             p.error(f"--resumed: the run is at step {metrics['step']}, not past the shipped trunk's step {base_step}")
-    model = cli.build_model(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
+    model = builders.build(cfg["model"], cfg["preset"], cfg.get("overrides", {}))
     model.load_weights(os.path.join(args.run, "model.weights.h5"))
     if args.live_weights:
         print(f"{args.key}: live weights of {load_live_weights(model, args.run, metrics['step'])}")
@@ -359,7 +359,7 @@ def main():
 
     os.makedirs(card_dir, exist_ok=True)
     plot_curve(curve, os.path.join(card_dir, "curve.png"), f"{args.key}: test bits/dim vs CPU minutes")
-    cli.write_samples(model, os.path.join(card_dir, "samples.png"), seed=0)
+    images.write_samples(model, os.path.join(card_dir, "samples.png"), seed=0)
     with open(os.path.join(card_dir, "curve.json"), "w") as f:
         json.dump(curve, f, indent=1)
     write_card(card_dir, args, entry, curve, model)

@@ -1,14 +1,21 @@
-"""Coupling layers: NICE's additive and RealNVP/Glow's affine coupling."""
+"""Coupling layers: one `Coupling(transform, mask, net)` and its presets,
+NICE's `AdditiveCoupling` and RealNVP/Glow's `AffineCoupling`.
+
+The structure (which elements condition, which are transformed, the
+conditioner net and the context) lives here; the element-wise maps live in
+`tfflows.transforms`.
+"""
 
 import keras
 import numpy as np
 from keras import ops
 
-from tfflows.layers.base import FlowLayer, register, split_channels, sum_except_batch, zeros_log_det
-from tfflows.layers.nets import default_net
+from tfflows import transforms
+from tfflows.layers.base import FlowLayer, register, split_channels, sum_except_batch
+from tfflows.layers.nets import conditioner_input, context_channels, default_net
 
 MASKS = ("channel", "checkerboard")
-SCALES = ("sigmoid", "exp")
+SCALES = transforms.AFFINE_SCALES
 
 
 def checkerboard_mask(shape, parity=0):
@@ -26,39 +33,86 @@ def checkerboard_mask(shape, parity=0):
     return ((np.arange(d) + parity) % 2).astype("float32")
 
 
-class _Coupling(FlowLayer):
-    """Shared machinery: masks, the conditioner and its checks."""
+@register
+class Coupling(FlowLayer):
+    """A coupling layer: `x = [x_a, x_b]`, `y_a = x_a`,
+    `y_b = T(x_b; h)` with `h = net([x_a, context])`.
+
+    Forward: `y_b = T(x_b; h(x_a, c))`; log-det `sum_b log|T'(x_b)| -> (batch,)`.
+    Inverse: `x_b = T^-1(y_b; h(y_a, c))`; log-det the negative at that point.
+
+    `T` is an element-wise `tfflows.transforms.Transform` (`"additive"`,
+    `"affine"` with `scale="sigmoid"` or `"exp"`), applied to every
+    transformed element with its own `P` parameters. With `mask="channel"`
+    the last axis is split in halves (`reverse=True` transforms the first
+    half instead of the second); with `mask="checkerboard"` positions
+    alternate (pixels for images, features for vectors), the net sees the
+    masked input, and `reverse` flips the parity.
+
+    The net sees `[x_a, context]` (`tfflows.layers.nets.conditioner_input`:
+    a vector context is broadcast over an image's height and width) and must
+    give `P` values per transformed channel, parameter-major (`P * C_b`
+    channels, or `P * C` with a checkerboard mask).
+
+    Args:
+        transform: a transform name, config dict or `Transform`. Defaults
+            to `"affine"` (Glow's sigmoid scale).
+        mask: `"channel"` or `"checkerboard"`. Defaults to `"channel"`.
+        reverse: swap the roles of the two halves. Defaults to `False`.
+        net: a keras Layer, or `None` for the built-in net (`ConvNet` for
+            images, `DenseNet` for vectors) whose last layer is
+            zero-initialised, so the coupling starts near the identity.
+        hidden: width of the built-in net (ignored when `net` is given;
+            giving both is an error). Defaults to 64.
+        context_shape: event shape of the context, or `None`.
+
+    Input shape: `(batch, D)` or `(batch, H, W, C)`; output shape the same.
+
+    References: Dinh et al., NICE, https://arxiv.org/abs/1410.8516;
+    Dinh et al., RealNVP, https://arxiv.org/abs/1605.08803
+
+    >>> import numpy as np
+    >>> layer = Coupling("affine", hidden=8, context_shape=(3,))
+    >>> x, c = np.random.randn(2, 4).astype("float32"), np.ones((2, 3), "float32")
+    >>> y, ld = layer.forward(x, context=c)
+    >>> bool(np.allclose(layer.inverse(y, context=c)[0], x, atol=1e-5)), tuple(ld.shape)
+    (True, (2,))
+    """
 
     input_ranks = (2, 4)
+    accepts_context = True
 
-    def __init__(self, mask="channel", reverse=False, net=None, hidden=64, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, transform="affine", mask="channel", reverse=False, net=None, hidden=None,
+                 context_shape=None, **kwargs):
+        super().__init__(context_shape=context_shape, **kwargs)
+        name = type(self).__name__
         if mask not in MASKS:
-            raise ValueError(
-                f"{type(self).__name__} mask must be one of {MASKS}. Received: mask={mask!r}"
-            )
+            raise ValueError(f"{name} mask must be one of {MASKS}. Received: mask={mask!r}")
         if isinstance(net, dict):
             net = keras.saving.deserialize_keras_object(net)
         if net is not None and not isinstance(net, keras.layers.Layer):
             raise TypeError(
-                f"{type(self).__name__} net must be a keras Layer (or None for the "
+                f"{name} net must be a keras Layer (or None for the "
                 f"built-in conditioner). Received: net of type {type(net).__name__}"
             )
+        if net is not None and hidden is not None:
+            raise ValueError(f"{name} takes a net or a hidden width for the built-in net, not both. "
+                             f"Received: net={net.name!r}, hidden={hidden}")
+        hidden = 64 if hidden is None else hidden
         if int(hidden) < 1:
-            raise ValueError(f"{type(self).__name__} hidden must be positive. Received: hidden={hidden}")
+            raise ValueError(f"{name} hidden must be positive. Received: hidden={hidden}")
+        self.transform = transforms.get(transform)
         self.mask = mask
         self.reverse = bool(reverse)
         self.hidden = int(hidden)
         self.net = net
         self._user_net = net is not None
 
-    def _params_per_channel(self):
-        raise NotImplementedError
-
     def build(self, input_shape):
         self._check_rank(input_shape)
         c = input_shape[-1]
         name = type(self).__name__
+        p = self.transform.params_per_dim
         if self.mask == "channel":
             if c is None or c < 2:
                 raise ValueError(
@@ -66,8 +120,7 @@ class _Coupling(FlowLayer):
                     f"channels (features), got {c}."
                 )
             self._c_a = c // 2 if not self.reverse else c - c // 2
-            c_in, c_out = self._c_a, (c - self._c_a) * self._params_per_channel()
-            in_shape = tuple(input_shape[:-1]) + (c_in,)
+            c_in, c_b = self._c_a, c - self._c_a
         else:
             event = tuple(input_shape[1:])
             size = int(np.prod(event[:-1])) if len(event) == 3 else event[0]
@@ -76,11 +129,13 @@ class _Coupling(FlowLayer):
                     f"{name} '{self.name}' with a checkerboard mask needs at least 2 "
                     f"positions to alternate over, got event shape {event}."
                 )
-            self._mask = ops.convert_to_tensor(checkerboard_mask(event, int(self.reverse)))
-            c_in, c_out = c, c * self._params_per_channel()
-            in_shape = tuple(input_shape)
+            self._keep_mask = checkerboard_mask(event, int(self.reverse))
+            c_in, c_b = c, c
+        c_out = c_b * p
+        c_in += context_channels(len(input_shape), self.context_shape)
+        in_shape = tuple(input_shape[:-1]) + (c_in,)
         if self.net is None:
-            self.net = default_net(len(input_shape), self.hidden, c_out, name="net")
+            self.net = default_net(len(input_shape), self.hidden, c_out, name="net", dtype=self.dtype_policy)
         if not self.net.built:  # a deserialized user net may arrive built
             self.net.build(in_shape)
         got = tuple(self.net.compute_output_shape(in_shape))
@@ -89,52 +144,75 @@ class _Coupling(FlowLayer):
             raise ValueError(
                 f"{name} '{self.name}': its net maps {in_shape[1:]} to {got[1:]}, but "
                 f"this coupling needs output shape {want[1:]} "
-                f"({self._params_per_channel()} value(s) per transformed channel)."
+                f"({p} value(s) per transformed channel)."
             )
+        self.transform.build(self, c_b)
+
+    def _masks(self, x):
+        """`(keep, active)` 0/1 tensors in `x`'s dtype (checkerboard only)."""
+        keep = ops.convert_to_tensor(self._keep_mask, dtype=x.dtype)
+        return keep, 1.0 - keep
+
+    def _params(self, cond, context):
+        # The net may compute in bfloat16/float16 (mixed precision); the
+        # coupling's arithmetic and log-det stay in the input's dtype.
+        return ops.cast(self.net(conditioner_input(cond, context)), cond.dtype)
 
     def _split(self, x):
-        """Returns (conditioner input, transformed part, mask or None)."""
-        if self.mask == "channel":
-            if self.reverse:
-                x_b, x_a = split_channels(x, x.shape[-1] - self._c_a)
-                return x_a, x_b
-            return split_channels(x, self._c_a)
-        return x * self._mask, x
+        if self.reverse:
+            x_b, x_a = split_channels(x, x.shape[-1] - self._c_a)
+            return x_a, x_b
+        return split_channels(x, self._c_a)
 
     def _join(self, x_a, y_b):
         if self.reverse:
             return ops.concatenate([y_b, x_a], axis=-1)
         return ops.concatenate([x_a, y_b], axis=-1)
 
+    def _apply(self, x, context, step):
+        if self.mask == "checkerboard":
+            keep, active = self._masks(x)
+            y, ladj = step(x, self._params(x * keep, context), active)
+            return y, sum_except_batch(ladj * active)
+        x_a, x_b = self._split(x)
+        y_b, ladj = step(x_b, self._params(x_a, context), None)
+        return self._join(x_a, y_b), sum_except_batch(ladj)
+
+    def _forward(self, x, context=None, training=False):
+        return self._apply(x, context, self.transform.forward)
+
+    def _inverse(self, y, context=None, training=False):
+        return self._apply(y, context, self.transform.inverse)
+
     def get_config(self):
         config = super().get_config()
         config.update(
-            mask=self.mask, reverse=self.reverse, hidden=self.hidden,
+            transform=self.transform.get_config(), mask=self.mask, reverse=self.reverse,
+            hidden=None if self._user_net else self.hidden,
             net=keras.saving.serialize_keras_object(self.net) if self._user_net else None,
         )
         return config
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("net") is not None:
+            # Configs written before tfflows 0.2 store the unused built-in
+            # width beside a user net.
+            config.pop("hidden", None)
+        return cls(**config)
+
 
 @register
-class AdditiveCoupling(_Coupling):
-    """NICE's additive coupling: volume preserving.
+class AdditiveCoupling(Coupling):
+    """NICE's additive coupling: `Coupling("additive", ...)`, volume preserving.
 
-    Forward: `y_a = x_a`, `y_b = x_b + t(x_a)`; log-det `0 -> (batch,)`.
-    Inverse: `x_b = y_b - t(y_a)`.
-
-    With `mask="channel"` the last axis is split in halves (`reverse=True`
-    transforms the first half instead of the second); with
-    `mask="checkerboard"` positions alternate (pixels for images, features
-    for vectors) and `reverse` flips the parity.
+    Forward: `y_a = x_a`, `y_b = x_b + t(x_a, c)`; log-det `0 -> (batch,)`.
+    Inverse: `x_b = y_b - t(y_a, c)`.
 
     Args:
-        mask: `"channel"` or `"checkerboard"`. Defaults to `"channel"`.
-        reverse: swap the roles of the two halves. Defaults to `False`.
-        net: a keras Layer mapping the conditioning part to the shift
-            (`C_b` channels, or `C` with a checkerboard mask), or `None` for
-            the built-in zero-initialised net (`ConvNet` for images,
-            `DenseNet` for vectors).
-        hidden: width of the built-in net. Defaults to 64.
+        mask, reverse, net, hidden, context_shape: as in `Coupling`; the net
+            gives the shift (`C_b` channels, or `C` with a checkerboard mask).
 
     Input shape: `(batch, D)` or `(batch, H, W, C)`; output shape the same.
 
@@ -148,29 +226,23 @@ class AdditiveCoupling(_Coupling):
     (True, (2,))
     """
 
-    def _params_per_channel(self):
-        return 1
+    def __init__(self, mask="channel", reverse=False, net=None, hidden=None, context_shape=None, **kwargs):
+        kwargs.pop("transform", None)
+        super().__init__(transform="additive", mask=mask, reverse=reverse, net=net, hidden=hidden,
+                         context_shape=context_shape, **kwargs)
 
-    def _forward(self, x, training=False):
-        x_a, x_b = self._split(x)
-        t = ops.cast(self.net(x_a), x.dtype)
-        if self.mask == "channel":
-            return self._join(x_a, x_b + t), zeros_log_det(x)
-        return x + (1.0 - self._mask) * t, zeros_log_det(x)
-
-    def _inverse(self, y, training=False):
-        y_a, y_b = self._split(y)
-        t = ops.cast(self.net(y_a), y.dtype)
-        if self.mask == "channel":
-            return self._join(y_a, y_b - t), zeros_log_det(y)
-        return y - (1.0 - self._mask) * t, zeros_log_det(y)
+    def get_config(self):
+        config = super().get_config()
+        del config["transform"]
+        return config
 
 
 @register
-class AffineCoupling(_Coupling):
-    """RealNVP / Glow affine coupling.
+class AffineCoupling(Coupling):
+    """RealNVP / Glow affine coupling: `Coupling(Affine(scale), ...)`.
 
-    The conditioner maps the kept part to a shift `t` and a raw scale `h`.
+    The conditioner maps the kept part (and the context) to a shift `t` and
+    a raw scale `h`.
 
     With `scale="sigmoid"` (Glow's choice; the default):
     Forward: `y_b = (x_b + t(x_a)) * sigmoid(h(x_a) + 2)`;
@@ -186,17 +258,11 @@ class AffineCoupling(_Coupling):
     zero-initialised net); the tanh bounds |s| by |g|. We default to the
     sigmoid because it cannot overflow at any learning rate.
 
-    Masks as in `AdditiveCoupling` (`"channel"` or `"checkerboard"`, vector or
-    image inputs).
-
     Args:
-        mask: `"channel"` or `"checkerboard"`. Defaults to `"channel"`.
-        reverse: swap the roles of the two halves. Defaults to `False`.
+        mask, reverse, net, hidden, context_shape: as in `Coupling`; the net
+            gives `2 * C_b` channels (shift first, raw scale second; `2 * C`
+            with a checkerboard mask).
         scale: `"sigmoid"` or `"exp"`. Defaults to `"sigmoid"`.
-        net: a keras Layer mapping the kept part to `2 * C_b` channels
-            (shift first, raw scale second; `2 * C` with a checkerboard mask),
-            or `None` for the built-in zero-initialised net.
-        hidden: width of the built-in net. Defaults to 64.
 
     Input shape: `(batch, D)` or `(batch, H, W, C)`; output shape the same.
 
@@ -211,65 +277,22 @@ class AffineCoupling(_Coupling):
     (True, (2,))
     """
 
-    def __init__(self, mask="channel", reverse=False, scale="sigmoid", net=None, hidden=64, **kwargs):
-        super().__init__(mask=mask, reverse=reverse, net=net, hidden=hidden, **kwargs)
+    def __init__(self, mask="channel", reverse=False, scale="sigmoid", net=None, hidden=None,
+                 context_shape=None, **kwargs):
+        kwargs.pop("transform", None)
         if scale not in SCALES:
             raise ValueError(f"AffineCoupling scale must be one of {SCALES}. Received: scale={scale!r}")
+        super().__init__(transform=transforms.Affine(scale), mask=mask, reverse=reverse, net=net,
+                         hidden=hidden, context_shape=context_shape, **kwargs)
         self.scale = scale
 
-    def _params_per_channel(self):
-        return 2
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        if self.scale == "exp":
-            c_b = input_shape[-1] - self._c_a if self.mask == "channel" else input_shape[-1]
-            self.scale_factor = self.add_weight(
-                shape=(c_b,), initializer="ones", name="scale_factor"
-            )
-
-    def _shift_and_log_scale(self, cond):
-        # The net may compute in bfloat16/float16 (mixed precision); the
-        # coupling's arithmetic and log-det stay in the input's dtype.
-        h = ops.cast(self.net(cond), cond.dtype)
-        t, raw = split_channels(h, h.shape[-1] // 2)
-        if self.scale == "sigmoid":
-            return t, ops.log_sigmoid(raw + 2.0)
-        return t, self.scale_factor * ops.tanh(raw)
-
-    def _forward(self, x, training=False):
-        x_a, x_b = self._split(x)
-        t, log_s = self._shift_and_log_scale(x_a)
-        if self.mask == "checkerboard":
-            m = 1.0 - self._mask
-            log_s = log_s * m
-            if self.scale == "sigmoid":
-                y_b = (x_b + t * m) * ops.exp(log_s)
-            else:
-                y_b = x_b * ops.exp(log_s) + t * m
-            return y_b, sum_except_batch(log_s)
-        if self.scale == "sigmoid":
-            y_b = (x_b + t) * ops.exp(log_s)
-        else:
-            y_b = x_b * ops.exp(log_s) + t
-        return self._join(x_a, y_b), sum_except_batch(log_s)
-
-    def _inverse(self, y, training=False):
-        y_a, y_b = self._split(y)
-        t, log_s = self._shift_and_log_scale(y_a)
-        if self.mask == "checkerboard":
-            m = 1.0 - self._mask
-            log_s = log_s * m
-            t = t * m
-        if self.scale == "sigmoid":
-            x_b = y_b * ops.exp(-log_s) - t
-        else:
-            x_b = (y_b - t) * ops.exp(-log_s)
-        if self.mask == "checkerboard":
-            return x_b, -sum_except_batch(log_s)
-        return self._join(y_a, x_b), -sum_except_batch(log_s)
+    @property
+    def scale_factor(self):
+        """RealNVP's per-channel `g` (`scale="exp"` only)."""
+        return self.transform.scale_factor
 
     def get_config(self):
         config = super().get_config()
+        del config["transform"]
         config["scale"] = self.scale
         return config

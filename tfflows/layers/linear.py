@@ -3,7 +3,7 @@
 import numpy as np
 from keras import ops
 
-from tfflows.layers.base import FlowLayer, register, zeros_log_det
+from tfflows.layers.base import FlowLayer, constant_log_det, event_size, register, zeros_log_det
 
 
 def _rng(seed):
@@ -45,6 +45,13 @@ def lu_decompose(w):
     return p, l, np.triu(a)
 
 
+def _const(value):
+    """A Keras initializer that returns `value` (numpy) in the variable's dtype."""
+    def init(shape, dtype=None):
+        return np.asarray(value, dtype=dtype or "float32")
+    return init
+
+
 def _matmul_channels(x, w):
     """`y[..., i] = sum_j w[i, j] x[..., j]` for any leading shape."""
     shape = ops.shape(x)
@@ -53,10 +60,8 @@ def _matmul_channels(x, w):
 
 
 def _positions(x):
-    n = 1
-    for d in x.shape[1:-1]:
-        n *= d
-    return n
+    """Positions per example that share one channel mixing: `prod(shape[1:-1])`."""
+    return event_size(x.shape[:-1])
 
 
 @register
@@ -102,18 +107,17 @@ class Invertible1x1Conv(FlowLayer):
         c = input_shape[-1]
         w0 = _random_rotation(c, self.seed)
         if not self.lu:
-            self.kernel = self.add_weight(shape=(c, c), initializer=lambda *a, **k: w0, name="kernel")
+            self.kernel = self.add_weight(shape=(c, c), initializer=_const(w0), name="kernel")
             return
         p, l, u = lu_decompose(w0)
         s = np.diag(u)
-        const = lambda v: (lambda *a, **k: np.asarray(v, "float32"))  # noqa: E731
-        self.permutation = self.add_weight(shape=(c, c), initializer=const(p), trainable=False, name="permutation")
-        self.sign_s = self.add_weight(shape=(c,), initializer=const(np.sign(s)), trainable=False, name="sign_s")
-        self.lower = self.add_weight(shape=(c, c), initializer=const(np.tril(l, -1)), name="lower")
-        self.upper = self.add_weight(shape=(c, c), initializer=const(np.triu(u, 1)), name="upper")
-        self.log_s = self.add_weight(shape=(c,), initializer=const(np.log(np.abs(s))), name="log_s")
-        self._l_mask = ops.convert_to_tensor(np.tril(np.ones((c, c)), -1).astype("float32"))
-        self._eye = ops.convert_to_tensor(np.eye(c, dtype="float32"))
+        self.permutation = self.add_weight(shape=(c, c), initializer=_const(p), trainable=False, name="permutation")
+        self.sign_s = self.add_weight(shape=(c,), initializer=_const(np.sign(s)), trainable=False, name="sign_s")
+        self.lower = self.add_weight(shape=(c, c), initializer=_const(np.tril(l, -1)), name="lower")
+        self.upper = self.add_weight(shape=(c, c), initializer=_const(np.triu(u, 1)), name="upper")
+        self.log_s = self.add_weight(shape=(c,), initializer=_const(np.log(np.abs(s))), name="log_s")
+        self._l_mask = ops.convert_to_tensor(np.tril(np.ones((c, c)), -1), dtype=self.variable_dtype)
+        self._eye = ops.convert_to_tensor(np.eye(c), dtype=self.variable_dtype)
 
     def _lu_factors(self):
         l = self.lower * self._l_mask + self._eye
@@ -140,13 +144,13 @@ class Invertible1x1Conv(FlowLayer):
             return ops.sum(self.log_s)
         return ops.slogdet(self.kernel)[1]
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         ld = _positions(x) * self._log_abs_det()
-        return _matmul_channels(x, self.weight()), ops.broadcast_to(ld, (ops.shape(x)[0],))
+        return _matmul_channels(x, self.weight()), constant_log_det(x, ld)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         ld = -_positions(y) * self._log_abs_det()
-        return _matmul_channels(y, self.inverse_weight()), ops.broadcast_to(ld, (ops.shape(y)[0],))
+        return _matmul_channels(y, self.inverse_weight()), constant_log_det(y, ld)
 
     def get_config(self):
         config = super().get_config()
@@ -200,13 +204,13 @@ class Permute(FlowLayer):
                 else _rng(self.seed).permutation(c))
         self.perm = self.add_weight(
             shape=(c,), dtype="int32", trainable=False, name="perm",
-            initializer=lambda *a, **k: np.asarray(perm, "int32"),
+            initializer=_const(np.asarray(perm, "int32")),
         )
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return ops.take(x, self.perm, axis=-1), zeros_log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return ops.take(y, ops.argsort(self.perm), axis=-1), zeros_log_det(y)
 
     def get_config(self):
@@ -229,8 +233,8 @@ class Reverse(FlowLayer):
     def build(self, input_shape):
         self._check_rank(input_shape)
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return ops.flip(x, axis=-1), zeros_log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return ops.flip(y, axis=-1), zeros_log_det(y)

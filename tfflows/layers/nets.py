@@ -116,10 +116,13 @@ class ConvNet(keras.layers.Layer):
         self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
         self.zero_init = bool(zero_init)
         k1, k2, k3 = self.kernel_sizes
-        self.conv1 = kl.Conv2D(self.hidden, k1, padding="same", activation="relu", name="conv1")
-        self.conv2 = kl.Conv2D(self.hidden, k2, padding="same", activation="relu", name="conv2")
+        # The convolutions compute in this net's dtype policy (float64 in a
+        # float64 flow, bfloat16 under mixed precision).
+        dtype = self.dtype_policy
+        self.conv1 = kl.Conv2D(self.hidden, k1, padding="same", activation="relu", name="conv1", dtype=dtype)
+        self.conv2 = kl.Conv2D(self.hidden, k2, padding="same", activation="relu", name="conv2", dtype=dtype)
         self.conv3 = kl.Conv2D(
-            self.out_channels, k3, padding="same", name="conv_out",
+            self.out_channels, k3, padding="same", name="conv_out", dtype=dtype,
             kernel_initializer="zeros" if self.zero_init else "glorot_uniform",
         )
 
@@ -170,11 +173,12 @@ class DenseNet(keras.layers.Layer):
         self.out_features = int(out_features)
         self.depth = int(depth)
         self.zero_init = bool(zero_init)
+        dtype = self.dtype_policy
         self.hidden_layers = [
-            kl.Dense(self.hidden, activation="relu", name=f"dense{i}") for i in range(self.depth)
+            kl.Dense(self.hidden, activation="relu", name=f"dense{i}", dtype=dtype) for i in range(self.depth)
         ]
         self.out = kl.Dense(
-            self.out_features, name="dense_out",
+            self.out_features, name="dense_out", dtype=dtype,
             kernel_initializer="zeros" if self.zero_init else "glorot_uniform",
         )
 
@@ -200,8 +204,50 @@ class DenseNet(keras.layers.Layer):
         return config
 
 
-def default_net(rank, hidden, out_channels, name):
+def default_net(rank, hidden, out_channels, name, dtype=None):
     """The built-in conditioner for inputs of `rank` (batch axis included)."""
     if rank == 4:
-        return ConvNet(hidden, out_channels, name=name)
-    return DenseNet(hidden, out_channels, name=name)
+        return ConvNet(hidden, out_channels, name=name, dtype=dtype)
+    return DenseNet(hidden, out_channels, name=name, dtype=dtype)
+
+
+# -- context ---------------------------------------------------------------------
+def context_channels(rank, context_shape):
+    """How many channels a context of event shape `context_shape` adds to
+    a conditioner input of `rank` (see `conditioner_input`)."""
+    if context_shape is None:
+        return 0
+    context_shape = tuple(context_shape)
+    if rank == 4 and len(context_shape) == 3:
+        return int(context_shape[-1])
+    n = 1
+    for d in context_shape:
+        n *= int(d)
+    return n
+
+
+def conditioner_input(x, context):
+    """`x` with the context appended on the last axis: what a conditioner sees.
+
+    Vectors `(B, D)`: the context, flattened, is concatenated,
+    `(B, D + prod(context_shape))`. Images `(B, H, W, C)`: a vector context
+    `(B, k)` is broadcast over `H, W`; an image context `(B, H, W, k)` is
+    concatenated as is. As in zuko and FrEIA, any net then conditions on
+    the context without knowing about it.
+    """
+    if context is None:
+        return x
+    context = ops.cast(context, x.dtype)
+    if len(x.shape) == 4:
+        if len(context.shape) == 4:
+            if tuple(context.shape[1:3]) != tuple(x.shape[1:3]):
+                raise ValueError(
+                    f"An image context must have the height and width of the input it "
+                    f"conditions: got context {tuple(context.shape)} for input {tuple(x.shape)}."
+                )
+            return ops.concatenate([x, context], axis=-1)
+        flat = ops.reshape(context, (ops.shape(context)[0], 1, 1, -1))
+        tiled = ops.broadcast_to(flat, (ops.shape(x)[0], x.shape[1], x.shape[2], flat.shape[-1]))
+        return ops.concatenate([x, tiled], axis=-1)
+    flat = ops.reshape(context, (ops.shape(context)[0], -1))
+    return ops.concatenate([x, flat], axis=-1)

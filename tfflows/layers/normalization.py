@@ -9,14 +9,7 @@ data-dependent *initialisation* and a fixed map afterwards (Glow, section 3.1).
 
 from keras import ops
 
-from tfflows.layers.base import FlowLayer, register
-
-
-def _per_channel_count(shape):
-    n = 1
-    for d in shape[1:-1]:
-        n *= d
-    return n
+from tfflows.layers.base import FlowLayer, constant_log_det, event_size, register
 
 
 @register
@@ -73,23 +66,29 @@ class ActNorm(FlowLayer):
         std = ops.sqrt(ops.mean(ops.square(x - mean), axis=axes))
         return -mean, -ops.log(std + self.eps)
 
-    def initialize(self, x):
+    @property
+    def needs_initialization(self):
+        """True until `initialize` has run (or initialised weights were loaded)."""
+        return not self.built or float(ops.convert_to_numpy(self.initialized)) == 0.0
+
+    def initialize(self, x, context=None):
+        x = ops.convert_to_tensor(x)
         self._check_input(x, "initialize")
         self._ensure_built(x.shape, "forward")
         loc, log_scale = self.initial_values(x)
-        self.loc.assign(loc)
-        self.log_scale.assign(log_scale)
+        self.loc.assign(ops.cast(loc, self.loc.dtype))
+        self.log_scale.assign(ops.cast(log_scale, self.log_scale.dtype))
         self.initialized.assign(1.0)
-        return self.forward(x)
+        return self.forward(x, context=context)
 
     def _log_det(self, x):
-        ld = _per_channel_count(x.shape) * ops.sum(self.log_scale)
-        return ops.broadcast_to(ld, (ops.shape(x)[0],))
+        # Every position of a channel shares its scale: prod(shape[1:-1]).
+        return constant_log_det(x, event_size(x.shape[:-1]) * ops.sum(self.log_scale))
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return (x + self.loc) * ops.exp(self.log_scale), self._log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return y * ops.exp(-self.log_scale) - self.loc, -self._log_det(y)
 
     def get_config(self):
@@ -125,10 +124,10 @@ class DiagonalScaling(FlowLayer):
         )
 
     def _log_det(self, x):
-        return ops.broadcast_to(ops.sum(self.log_scale), (ops.shape(x)[0],))
+        return constant_log_det(x, ops.sum(self.log_scale))
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return x * ops.exp(self.log_scale), self._log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return y * ops.exp(-self.log_scale), -self._log_det(y)

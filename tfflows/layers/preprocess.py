@@ -4,14 +4,7 @@ import math
 
 from keras import ops
 
-from tfflows.layers.base import FlowLayer, register
-
-
-def _size(x):
-    n = 1
-    for d in x.shape[1:]:
-        n *= d
-    return n
+from tfflows.layers.base import FlowLayer, concrete_value, constant_log_det, event_size, register
 
 
 @register
@@ -41,12 +34,12 @@ class Rescale(FlowLayer):
         self.shift = float(shift)
 
     def _log_det(self, x):
-        return ops.full((ops.shape(x)[0],), _size(x) * math.log(abs(self.scale)), dtype="float32")
+        return constant_log_det(x, event_size(x.shape) * math.log(abs(self.scale)))
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return x * self.scale + self.shift, self._log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return (y - self.shift) / self.scale, -self._log_det(y)
 
     def get_config(self):
@@ -86,12 +79,18 @@ class LogitTransform(FlowLayer):
         per = math.log(1.0 - 2.0 * self.alpha) + ops.softplus(-y) + ops.softplus(y)
         return ops.sum(ops.reshape(per, (ops.shape(y)[0], -1)), axis=1)
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
+        value = concrete_value(x)  # known values only (not while tracing)
+        if value is not None and value.size and (value.min() < 0.0 or value.max() > 1.0):
+            raise ValueError(
+                f"LogitTransform '{self.name}' maps data in [0, 1] (dequantized images); got values in "
+                f"[{float(value.min()):g}, {float(value.max()):g}]."
+            )
         p = self.alpha + (1.0 - 2.0 * self.alpha) * x
         y = ops.log(p) - ops.log1p(-p)
         return y, self._log_det_from_y(y)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         x = (ops.sigmoid(y) - self.alpha) / (1.0 - 2.0 * self.alpha)
         return x, -self._log_det_from_y(y)
 

@@ -4,7 +4,9 @@ import keras
 from keras import layers as kl
 from keras import ops
 
-from tfflows.layers.base import FlowLayer, _shape_str, register, split_channels, sum_except_batch, zeros_log_det
+from tfflows.layers.base import (FactorOut, FlowLayer, shape_str, event_size, register, split_channels,
+                                 sum_except_batch, zeros_log_det)
+from tfflows.layers.nets import conditioner_input, context_channels
 
 
 def squeeze_nhwc(x, factor=2):
@@ -49,7 +51,7 @@ class Squeeze(FlowLayer):
         if h is None or w is None or h % 2 or w % 2:
             raise ValueError(
                 f"Squeeze '{self.name}' needs even height and width, got "
-                f"{_shape_str((h, w))} (input shape {_shape_str(tuple(input_shape))})."
+                f"{shape_str((h, w))} (input shape {shape_str(tuple(input_shape))})."
             )
 
     def compute_output_shape(self, input_shape):
@@ -64,10 +66,10 @@ class Squeeze(FlowLayer):
             )
         return (b, h * 2, w * 2, c // 4)
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return squeeze_nhwc(x), zeros_log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return unsqueeze_nhwc(y), zeros_log_det(y)
 
 
@@ -92,7 +94,7 @@ class Unsqueeze(FlowLayer):
         if input_shape[-1] % 4:
             raise ValueError(
                 f"Unsqueeze '{self.name}' needs channels divisible by 4, got "
-                f"{input_shape[-1]} (input shape {_shape_str(tuple(input_shape))})."
+                f"{input_shape[-1]} (input shape {shape_str(tuple(input_shape))})."
             )
 
     def compute_output_shape(self, input_shape):
@@ -103,10 +105,10 @@ class Unsqueeze(FlowLayer):
         b, h, w, c = output_shape
         return (b, h // 2, w // 2, c * 4)
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return unsqueeze_nhwc(x), zeros_log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return squeeze_nhwc(y), zeros_log_det(y)
 
 
@@ -127,15 +129,11 @@ class Reshape(FlowLayer):
         self.target_shape = tuple(int(d) for d in target_shape)
 
     def build(self, input_shape):
-        n_in, n_out = 1, 1
-        for d in input_shape[1:]:
-            n_in *= d
-        for d in self.target_shape:
-            n_out *= d
+        n_in, n_out = event_size(input_shape), event_size((None,) + self.target_shape)
         if n_in != n_out:
             raise ValueError(
-                f"Reshape '{self.name}' cannot reshape event {_shape_str(tuple(input_shape[1:]))} "
-                f"({n_in} values) to {_shape_str(self.target_shape)} ({n_out} values)."
+                f"Reshape '{self.name}' cannot reshape event {shape_str(tuple(input_shape[1:]))} "
+                f"({n_in} values) to {shape_str(self.target_shape)} ({n_out} values)."
             )
         self._source_shape = tuple(input_shape[1:])
 
@@ -147,10 +145,10 @@ class Reshape(FlowLayer):
             raise ValueError(f"Reshape '{self.name}' must be built on data before inverse.")
         return (output_shape[0],) + self._source_shape
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         return ops.reshape(x, (-1,) + self.target_shape), zeros_log_det(x)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         return ops.reshape(y, (-1,) + self._source_shape), zeros_log_det(y)
 
     def get_config(self):
@@ -160,7 +158,7 @@ class Reshape(FlowLayer):
 
 
 @register
-class Split(FlowLayer):
+class Split(FactorOut):
     """Multi-scale factor-out (RealNVP) with Glow's learned conditional prior.
 
     `Split` marks where a `FlowSequence` sets channels aside: the first
@@ -199,10 +197,13 @@ class Split(FlowLayer):
     """
 
     input_ranks = (2, 4)
-    is_split = True
+    accepts_context = True
 
-    def __init__(self, keep=None, learned_prior=True, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, keep=None, learned_prior=True, context_shape=None, **kwargs):
+        super().__init__(context_shape=context_shape, **kwargs)
+        if context_shape is not None and not learned_prior:
+            raise ValueError(f"Split with learned_prior=False has no prior to condition on a context. "
+                             f"Received: context_shape={context_shape}")
         if keep is not None and int(keep) < 1:
             raise ValueError(f"Split keep must be a positive channel count. Received: keep={keep}")
         self.keep = None if keep is None else int(keep)
@@ -215,16 +216,18 @@ class Split(FlowLayer):
         if c < 2 or not 0 < keep < c:
             raise ValueError(
                 f"Split '{self.name}' must keep between 1 and C-1 channels; got "
-                f"keep={keep} with C={c} (input shape {_shape_str(tuple(input_shape))})."
+                f"keep={keep} with C={c} (input shape {shape_str(tuple(input_shape))})."
             )
         self._keep = keep
         if self.learned_prior:
             out = 2 * (c - keep)
+            dtype = self.dtype_policy
             if len(input_shape) == 4:
-                self.prior = kl.Conv2D(out, 3, padding="same", kernel_initializer="zeros", name="prior")
+                self.prior = kl.Conv2D(out, 3, padding="same", kernel_initializer="zeros", name="prior", dtype=dtype)
             else:
-                self.prior = kl.Dense(out, kernel_initializer="zeros", name="prior")
-            self.prior.build(tuple(input_shape[:-1]) + (keep,))
+                self.prior = kl.Dense(out, kernel_initializer="zeros", name="prior", dtype=dtype)
+            c_in = keep + context_channels(len(input_shape), self.context_shape)
+            self.prior.build(tuple(input_shape[:-1]) + (c_in,))
 
     def split_shapes(self, shape):
         """`(kept_shape, factored_shape)` for a forward output of `shape`."""
@@ -239,23 +242,24 @@ class Split(FlowLayer):
         """Inverse of `separate`."""
         return ops.concatenate([kept, factored], axis=-1)
 
-    def _prior(self, x_a):
-        h = ops.cast(self.prior(x_a), x_a.dtype)  # the conv may run in a mixed-precision dtype
+    def _prior(self, x_a, context):
+        # The conv may run in a mixed-precision dtype; the arithmetic stays in x's.
+        h = ops.cast(self.prior(conditioner_input(x_a, context)), x_a.dtype)
         return split_channels(h, h.shape[-1] // 2)
 
-    def _forward(self, x, training=False):
+    def _forward(self, x, context=None, training=False):
         if not self.learned_prior:
             return x, zeros_log_det(x)
         x_a, x_b = self.separate(x)
-        mu, log_sigma = self._prior(x_a)
+        mu, log_sigma = self._prior(x_a, context)
         z_b = (x_b - mu) * ops.exp(-log_sigma)
         return self.merge(x_a, z_b), -sum_except_batch(log_sigma)
 
-    def _inverse(self, y, training=False):
+    def _inverse(self, y, context=None, training=False):
         if not self.learned_prior:
             return y, zeros_log_det(y)
         y_a, z_b = self.separate(y)
-        mu, log_sigma = self._prior(y_a)
+        mu, log_sigma = self._prior(y_a, context)
         return self.merge(y_a, mu + z_b * ops.exp(log_sigma)), sum_except_batch(log_sigma)
 
     def get_config(self):

@@ -173,7 +173,7 @@ def nice_flow(data_shape, couplings, hidden, depth):
     flow = [L.Reshape((d,), name="flatten")]
     for k in range(couplings):
         flow.append(L.AdditiveCoupling(
-            mask="checkerboard", reverse=bool(k % 2), hidden=hidden,
+            mask="checkerboard", reverse=bool(k % 2),
             net=L.DenseNet(hidden, d, depth=depth, name=f"net{k}"), name=f"coupling{k}"))
     flow.append(L.DiagonalScaling(name="scaling"))
     return L.FlowSequence(flow, name="nice")
@@ -230,6 +230,31 @@ def nice(preset="mnist", pretrained=False, couplings=None, hidden=None, depth=No
 BUILDERS = {"glow": glow, "realnvp": realnvp, "nice": nice}
 
 
+def builder_kwargs(model_name, overrides):
+    """The builder keywords of the CLI's architecture `overrides` (`--steps`,
+    `--hidden`, `--arch KEY=VALUE`...): NICE's K is `couplings`; everything
+    else passes through."""
+    if model_name not in BUILDERS:
+        raise ValueError(f"Unknown model {model_name!r}; choose one of {sorted(BUILDERS)}.")
+    if "preprocess" in overrides and model_name != "glow":
+        raise ValueError(f"--preprocess applies to --model glow, not {model_name} "
+                         f"(realnvp always uses the logit transform, nice none).")
+    if model_name == "nice":
+        mapped = {k: v for k, v in overrides.items() if k != "steps"}
+        if "steps" in overrides:
+            mapped["couplings"] = overrides["steps"]
+        return mapped
+    return dict(overrides)
+
+
+def build(model_name, preset, overrides=None, pretrained=False):
+    """The zoo model `model_name` (`"glow"`, `"realnvp"`, `"nice"`) with the
+    preset and the architecture overrides a `tfflows train` run records in
+    its `config.json`."""
+    return BUILDERS[model_name](preset=preset, pretrained=pretrained,
+                                **builder_kwargs(model_name, dict(overrides or {})))
+
+
 # -- shipped weights -------------------------------------------------------------
 def read_manifest():
     """The shipped-weights manifest (`{}` when none ship)."""
@@ -248,7 +273,11 @@ def sha256_file(path):
 
 
 class WeightsError(ValueError):
-    """Shipped weights are missing, tampered with or do not fit the model."""
+    """Shipped weights are missing, corrupted or do not fit the model.
+
+    The sha256 check catches accidental corruption of the package data; it
+    is not tampering protection, since the manifest ships beside the weights.
+    """
 
 
 def verified_weights_path(key, weights_dir=None):
@@ -267,7 +296,7 @@ def verified_weights_path(key, weights_dir=None):
     if digest != entry["sha256"]:
         raise WeightsError(
             f"Pretrained weights file {path} failed its sha256 check (expected "
-            f"{entry['sha256']}, got {digest}): the file is corrupted or was tampered with; "
+            f"{entry['sha256']}, got {digest}): the file is corrupted or was modified; "
             f"refusing to load it. Reinstall tfflows."
         )
     return path

@@ -63,14 +63,64 @@ def validate_images(x, name="data"):
     return x.astype(np.uint8)
 
 
+class MissingSplitError(DataError):
+    """The source holds no array for the split asked for (e.g. an `.npz` without a test split)."""
+
+
+# Keys of an `.npz` that hold unsplit images: they are its train split only,
+# never stand-ins for a test split.
+UNSPLIT_KEYS = ("x", "images", "arr_0")
+
+
+def _split_keys(split):
+    """The `.npz` keys that hold `split`, in order of preference."""
+    keys = (f"x_{split}", split)
+    return keys + UNSPLIT_KEYS if split == "train" else keys
+
+
+def _open_npz(path):
+    """`np.load(path)` for an `.npz` archive; `DataError` naming `path` for anything else."""
+    import zipfile
+
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        # numpy reads an unknown format as a pickle and refuses it ("pickled data").
+        why = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: not a readable .npz archive of image arrays ({type(e).__name__}: {why}).") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: is a single .npy array, not an .npz archive; save the images with "
+                        f"np.savez(path, x_train=..., x_test=...).")
+    return f
+
+
+def _npz_array(f, path, key):
+    try:
+        return f[key]
+    except ValueError as e:  # an object (pickled) array; allow_pickle stays off
+        raise DataError(f"{path}: array {key!r} cannot be read without pickle ({e}); store images as "
+                        f"uint8 or float arrays.") from None
+
+
 def _from_npz(path, split):
-    with np.load(path, allow_pickle=False) as f:
+    """The array of `split` in the `.npz` at `path`.
+
+    Looks for `x_<split>` then `<split>`; the train split also accepts the
+    unsplit keys `x`, `images` and `arr_0`. A file without the split raises
+    `MissingSplitError`: a test split never falls back to training images.
+    """
+    looked = _split_keys(split)
+    with _open_npz(path) as f:
         keys = list(f.keys())
-        for key in (f"x_{split}", split, "x", "images", "arr_0"):
+        for key in looked:
             if key in f:
-                return f[key]
-    raise DataError(f"{path}: no array for split {split!r}; it holds {keys} "
-                    f"(expected x_{split}, x, images or arr_0).")
+                return _npz_array(f, path, key)
+    if split != "train" and set(keys) & set(UNSPLIT_KEYS):
+        raise MissingSplitError(
+            f"{path}: has no {split} split: it holds {keys}, looked for {' or '.join(looked)} "
+            f"({', '.join(UNSPLIT_KEYS)} are its train split, never read as the {split} split).")
+    raise MissingSplitError(f"{path}: no array for split {split!r}; it holds {keys} "
+                            f"(looked for {', '.join(looked)}).")
 
 
 def _from_folder(path, image_size=None):
@@ -90,6 +140,17 @@ def _from_folder(path, image_size=None):
         if image_size is not None:
             img = tf.cast(tf.round(tf.image.resize(img, image_size)), tf.uint8)
         images.append(img.numpy())
+    channels = {}
+    for file, im in zip(files, images):
+        channels.setdefault(im.shape[-1], file)
+    if len(channels) > 1:
+        # Resizing cannot fix this: say which files differ and how to convert them.
+        names = {1: "grayscale", 2: "grayscale+alpha", 3: "RGB", 4: "RGBA"}
+        found = ", ".join(f"{c} ({names.get(c, '?')}, e.g. {f})" for c, f in sorted(channels.items()))
+        raise DataError(
+            f"{path}: images have different channel counts: {found}. Convert them all to one mode "
+            f"first (e.g. with Pillow: Image.open(f).convert('L') for grayscale or .convert('RGB'))."
+        )
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise DataError(
@@ -97,6 +158,17 @@ def _from_folder(path, image_size=None):
             f"to resize them."
         )
     return np.stack(images)
+
+
+def _check_limit_skip(limit, skip=0):
+    """`limit` must be a positive int or None, `skip` a non-negative int."""
+    import numbers
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise ValueError(f"limit must be a positive int (the number of images to keep) or None. "
+                         f"Received: limit={limit!r}")
+    if isinstance(skip, bool) or not isinstance(skip, numbers.Integral) or skip < 0:
+        raise ValueError(f"skip must be a non-negative int (examples to skip). Received: skip={skip!r}")
 
 
 def _tfds_images(name, split, data_dir, download):
@@ -118,6 +190,21 @@ def _tfds_images(name, split, data_dir, download):
     return ds
 
 
+def dequantize_images(images, noise, n_bits=8):
+    """`x = ((u8 >> (8 - n_bits)) + noise) / 2^n_bits` in float32.
+
+    The one place tfflows writes the dequantization: `u8` holds 8-bit
+    values, the top `n_bits` of each become the bin index `k` (Glow's n-bit
+    trick), and `noise` in `[0, 1)` places `x` inside the bin (uniform
+    noise; 0.5 for the bin centre). TensorFlow ops on numpy or TF inputs:
+    `load`'s pipelines, `tfflows.export`'s uint8 signature and
+    `tfflows.training.bpd_per_draw` all call it.
+    """
+    shift = 8 - int(n_bits)
+    k = tf.cast(tf.bitwise.right_shift(tf.cast(images, tf.int32), shift), tf.float32)
+    return (k + noise) / float(2 ** int(n_bits))
+
+
 def dequantize_fn(n_bits=8, dequantize="uniform", logit=None):
     """`(uint8 image, int64 seed) -> float32` map: n-bit reduction, noise, logit.
 
@@ -136,18 +223,14 @@ def dequantize_fn(n_bits=8, dequantize="uniform", logit=None):
         raise ValueError(f"n_bits must be in 1..8 for 8-bit images. Received: n_bits={n_bits}")
     if logit is not None and not 0.0 <= float(logit) < 0.5:
         raise ValueError(f"logit alpha must be in [0, 0.5). Received: logit={logit}")
-    bins = float(2 ** int(n_bits))
-    shift = 8 - int(n_bits)
-
     def fn(image, seed):
-        k = tf.cast(tf.bitwise.right_shift(tf.cast(image, tf.int32), shift), tf.float32)
         if dequantize == "uniform":
-            noise = tf.random.stateless_uniform(tf.shape(k), seed=tf.stack([seed, seed // 7919 + 17]))
+            noise = tf.random.stateless_uniform(tf.shape(image), seed=tf.stack([seed, seed // 7919 + 17]))
         elif dequantize == "none":
-            noise = tf.fill(tf.shape(k), 0.5)
+            noise = 0.5
         else:
-            noise = tf.zeros_like(k)
-        x = (k + noise) / bins
+            noise = 0.0
+        x = dequantize_images(image, noise, n_bits)
         if logit is not None:
             p = float(logit) + (1.0 - 2.0 * float(logit)) * x
             x = tf.math.log(p) - tf.math.log1p(-p)
@@ -165,9 +248,11 @@ def load(source="mnist", split="train", batch_size=64, dequantize="uniform", n_b
         source: `"mnist"` (the MNIST subset shipped in the package: 8000
             train / 2000 test images), a numpy array (or `(images, labels)`
             tuple), a path to an `.npz` (keys `x_<split>`, `x`, `images` or
-            `arr_0`), a folder of images, or a tensorflow-datasets name
-            (`tfds.load(source, split=split, data_dir=data_dir)`; prefix
-            `"tfds:"` to force it, e.g. `"tfds:mnist"` for the full set).
+            `arr_0`, the last three as the train split only), a folder
+            of images (one unsplit set: `split` is not used), or a
+            tensorflow-datasets name (`tfds.load(source, split=split,
+            data_dir=data_dir)`; prefix `"tfds:"` to force it, e.g.
+            `"tfds:mnist"` for the full set).
         split: split name. Defaults to `"train"`.
         batch_size: batch size. Defaults to 64.
         dequantize: `"uniform"`, `"none"` or `"variational"` (see
@@ -179,16 +264,24 @@ def load(source="mnist", split="train", batch_size=64, dequantize="uniform", n_b
         repeat: repeat forever (fresh noise and order each pass).
         drop_remainder: drop a last partial batch.
         image_size: `(H, W)` to resize folder images to.
-        limit: keep only the first `limit` images.
+        limit: keep only the first `limit` images (a positive int, or
+            `None` for all).
         with_labels: yield `(images, labels)` where labels exist.
         skip: skip this many examples of the (repeated) stream, before the
             dequantization work: resuming at example `skip` yields exactly
-            what an uninterrupted run would have from there on.
+            what an uninterrupted run would have from there on. A
+            non-negative int.
 
     Raises:
         DataError: bad data (wrong rank or dtype, values out of range,
-            NaN/Inf, empty, mixed image sizes).
+            NaN/Inf, empty, mixed image sizes or channel counts, a file
+            that is not an `.npz`).
+        MissingSplitError: (a `DataError`) the source has no `split`: an
+            `.npz` with only `x`, `images` or `arr_0` has a train split
+            and no test split.
+        ValueError: a bad argument (`limit`, `skip`, `batch_size`, ...).
     """
+    _check_limit_skip(limit, skip)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
     fn = dequantize_fn(n_bits, dequantize, logit)
@@ -199,7 +292,7 @@ def load(source="mnist", split="train", batch_size=64, dequantize="uniform", n_b
     if isinstance(source, str) and source == "mnist":
         with np.load(EMBEDDED, allow_pickle=False) as f:
             if f"x_{split}" not in f:
-                raise DataError(f"the embedded MNIST subset has splits 'train' and 'test', not {split!r}.")
+                raise MissingSplitError(f"the embedded MNIST subset has splits 'train' and 'test', not {split!r}.")
             images, labels = f[f"x_{split}"], f[f"y_{split}"]
     elif isinstance(source, str) and not source.startswith("tfds:") and os.path.isdir(source):
         images = _from_folder(source, image_size)
@@ -208,8 +301,8 @@ def load(source="mnist", split="train", batch_size=64, dequantize="uniform", n_b
         if not os.path.exists(source):
             raise DataError(f"{source}: no such file.")
         images = _from_npz(source, split)
-        with np.load(source, allow_pickle=False) as f:
-            labels = f[f"y_{split}"] if f"y_{split}" in f else None
+        with _open_npz(source) as f:
+            labels = _npz_array(f, source, f"y_{split}") if f"y_{split}" in f else None
     elif isinstance(source, str):
         images = None
         images_ds = _tfds_images(source[5:] if source.startswith("tfds:") else source, split,
@@ -248,15 +341,25 @@ def load(source="mnist", split="train", batch_size=64, dequantize="uniform", n_b
 
 
 def load_arrays(source="mnist", split="train", limit=None):
-    """The validated uint8 `(N, H, W, C)` images of `source` as numpy (no tf.data)."""
+    """The validated uint8 `(N, H, W, C)` images of `source` as numpy (no tf.data).
+
+    `source` and `split` as in `load` (a folder is one unsplit set; an
+    `.npz` without the split raises `MissingSplitError`); `limit` keeps the
+    first `limit` images (a positive int, or `None` for all).
+    """
+    _check_limit_skip(limit)
     if isinstance(source, str) and source == "mnist":
         with np.load(EMBEDDED, allow_pickle=False) as f:
+            if f"x_{split}" not in f:
+                raise MissingSplitError(f"the embedded MNIST subset has splits 'train' and 'test', not {split!r}.")
             images = f[f"x_{split}"]
     elif isinstance(source, str) and os.path.isdir(source):
         images = _from_folder(source)
     elif isinstance(source, str):
+        if not os.path.exists(source):
+            raise DataError(f"{source}: no such file or folder.")
         images = _from_npz(source, split)
     else:
         images = source
-    images = validate_images(images)
+    images = validate_images(images, name=source if isinstance(source, str) else "images")
     return images if limit is None else images[: int(limit)]

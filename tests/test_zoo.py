@@ -84,18 +84,19 @@ def test_bad_builder_arguments_raise_clear_errors():
 
 @pytest.fixture
 def fake_shipped(tmp_path, monkeypatch):
-    """A manifest + weights file in a temp folder, as the package ships them."""
+    """A presets table + weights file in a temp folder, as the package ships them."""
     model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8)
     x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
     model.initialize(x)
     path = tmp_path / "glow-mnist-tiny.weights.h5"
     model.save_weights(str(path))
-    manifest = {"glow-mnist-tiny": {"file": path.name, "sha256": builders.sha256_file(str(path)),
-                                    "architecture": dict(builders.PRESETS["glow"]["mnist-tiny"],
-                                                         data_shape=[28, 28, 1], steps=1, hidden=8)}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    table = builders.read_presets()
+    table["glow"]["mnist-tiny"].update(
+        architecture=dict(builders.PRESETS["glow"]["mnist-tiny"], data_shape=[28, 28, 1], steps=1, hidden=8),
+        weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size})
+    (tmp_path / "presets.json").write_text(json.dumps(table))
     monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(builders, "MANIFEST", str(tmp_path / "manifest.json"))
+    monkeypatch.setattr(builders, "PRESETS_FILE", str(tmp_path / "presets.json"))
     return model, x, path
 
 
@@ -128,7 +129,7 @@ def test_missing_weights_and_wrong_architecture_are_refused(fake_shipped):
 def _ship_module():
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo", "ship.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "ship.py")
     spec = importlib.util.spec_from_file_location("tfflows_zoo_ship", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -298,10 +299,13 @@ def test_float16_net_kernels_store_only_the_coupling_kernels_and_load_back(tmp_p
     np.testing.assert_allclose(bpd16, bpd32, atol=2e-3)  # ... and moved bits/dim by little
 
     # The shipped-weights path loads it too, after the sha256 check.
-    manifest = {"glow-mnist-tiny": {"file": os.path.basename(f16), "sha256": builders.sha256_file(f16)}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    table = builders.read_presets()
+    table["glow"]["mnist-tiny"]["weights"] = {"file": os.path.basename(f16), "sha256": builders.sha256_file(f16),
+                                              "size_bytes": os.path.getsize(f16)}
+    table["glow"]["mnist-tiny"]["architecture"] = {}  # no architecture check here
+    (tmp_path / "presets.json").write_text(json.dumps(table))
     monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(builders, "MANIFEST", str(tmp_path / "manifest.json"))
+    monkeypatch.setattr(builders, "PRESETS_FILE", str(tmp_path / "presets.json"))
     shipped = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=64, pretrained=True)
     np.testing.assert_array_equal(to_np(shipped.bits_per_dim(x)), bpd16)
 

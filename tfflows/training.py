@@ -1,12 +1,7 @@
-"""Long CPU training that survives interruptions: atomic checkpoints,
-resume, wall-clock budgets and a test-bits/dim learning curve.
-
-A checkpoint is a folder `ckpt-<step>/` holding `model.keras` (weights and
-optimizer state, Keras' safe format) and `state.json` (step, epoch, elapsed
-minutes, seed, curve). It is written completely first; only then does the
-`LATEST` file (replaced atomically with `os.replace`) point at it, so a crash
-while saving leaves the previous checkpoint as the latest. The two newest
-checkpoints are kept.
+"""Long CPU training that survives interruptions: wall-clock budgets,
+checkpoints every few minutes (the `tfflows.checkpoint` format), a
+test-bits/dim learning curve, moving-average weights, inference weights
+files, and the test bits/dim over dequantization draws.
 
 `TrainState` also turns SIGTERM and SIGINT (`kill PID`, Ctrl-C) into a clean
 stop: training ends after the running batch and `tfflows train` writes its

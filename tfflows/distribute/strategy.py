@@ -128,8 +128,10 @@ def set_dtype_policy(name="float32"):
     """Sets Keras' global dtype policy; call it before building the model.
 
     `"mixed_bfloat16"` computes activations in bfloat16 while variables stay
-    float32. Every flow layer casts its log-det to float32 and the loss is
-    taken in float32, so bits/dim are reported in float32. `mixed_float16`
+    float32. The data and the flow's own arithmetic stay float32 (a
+    `FlowModel` computes in float32 and flow layers return log-dets in their
+    input's dtype); only the conditioner nets run in bfloat16, and the loss
+    is taken in float32, so bits/dim are reported in float32. `mixed_float16`
     is refused: float16's range is too small for the log-dets of
     image flows and would need loss scaling.
 

@@ -259,23 +259,20 @@ class FlowLayer(keras.layers.Layer):
     # -- public API --------------------------------------------------------
     def forward(self, x, context=None, training=False):
         """Maps data `x` to latent `y`. Returns `(y, log|det dy/dx|)`."""
-        self._check_direction("forward")
-        x = ops.convert_to_tensor(x)
-        self._check_input(x, "forward")
-        self._ensure_built(x.shape, "forward")
-        context = self._check_context(context, x)
-        y, log_det = self._forward(x, context=context, training=training)
-        return y, ops.cast(log_det, x.dtype)
+        return self._run("forward", self._forward, x, context, training)
 
     def inverse(self, y, context=None, training=False):
         """Maps latent `y` back to data `x`. Returns `(x, log|det dx/dy|)`."""
-        self._check_direction("inverse")
-        y = ops.convert_to_tensor(y)
-        self._check_input(y, "inverse")
-        self._ensure_built(y.shape, "inverse")
-        context = self._check_context(context, y)
-        x, log_det = self._inverse(y, context=context, training=training)
-        return x, ops.cast(log_det, y.dtype)
+        return self._run("inverse", self._inverse, y, context, training)
+
+    def _run(self, direction, fn, x, context, training):
+        self._check_direction(direction)
+        x = ops.convert_to_tensor(x)
+        self._check_input(x, direction)
+        self._ensure_built(x.shape, direction)
+        context = self._check_context(context, x)
+        out, log_det = fn(x, context=context, training=training)
+        return out, ops.cast(log_det, x.dtype)
 
     def call(self, x, context=None, training=False):
         return self.forward(x, context=context, training=training)[0]

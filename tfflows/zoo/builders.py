@@ -15,44 +15,38 @@ from tfflows import layers as L
 from tfflows.models import FlowModel
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
-MANIFEST = os.path.join(WEIGHTS_DIR, "manifest.json")
+# The one data table of presets: per model and preset, the architecture, a
+# note on why, and for shipped weights their file, sha256, size, measured
+# metrics and model card. `tools/ship.py` writes it; the training record
+# behind each shipped file (commands, stages, hardware) is in
+# `zoo/<model>-<preset>/history.json` beside the card.
+PRESETS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets.json")
 
-# Presets are data: architecture keywords per (model, preset). `tiny` presets
+
+def read_presets():
+    """The presets table: `{model: {preset: {"architecture", "note", "weights",
+    "metrics", "card"}}}` (`weights` is `None` where none ship)."""
+    with open(PRESETS_FILE) as f:
+        return json.load(f)
+
+
+def _architectures(table):
+    out = {}
+    for model, presets in table.items():
+        out[model] = {}
+        for preset, row in presets.items():
+            arch = dict(row["architecture"])
+            arch["data_shape"] = tuple(arch["data_shape"])
+            if isinstance(arch.get("hidden"), list):
+                arch["hidden"] = tuple(arch["hidden"])
+            out[model][preset] = arch
+    return out
+
+
+# Architecture keywords per (model, preset), from the table. `tiny` presets
 # are for tests and the few-minute main job; `mnist` is the CPU recipe behind
 # the shipped weights; `cifar10` follows the papers' CIFAR-10 architectures.
-PRESETS = {
-    "glow": {
-        # RealNVP's logit transform: 2.20 against 3.32 bits/dim with Glow's
-        # x - 0.5 on the main job (`tfflows train`, same seed and steps), and
-        # 1.78 against 2.28 after 1000 steps of this preset
-        # (benchmarks/results/glow_preprocess_steps.jsonl). K=48: the shipped
-        # K=8 model deepened three times by `tfflows.zoo.grow` (8 -> 16 -> 32
-        # -> 48) and trained on after each (zoo/glow-mnist), then widened to
-        # 160 channels at the first level (`grow --widen 160,128`): 3.14M
-        # parameters in a 14.4 MB file, under the 15 MB limit, which K=64 or
-        # width 176 at the first level would not be.
-        "mnist": dict(data_shape=(28, 28, 1), levels=2, steps=48, hidden=(160, 128), lu=True,
-                      preprocess="logit"),
-        "mnist-tiny": dict(data_shape=(28, 28, 1), levels=2, steps=4, hidden=32, lu=True,
-                           preprocess="logit"),
-        "cifar10": dict(data_shape=(32, 32, 3), levels=3, steps=32, hidden=512, lu=True,
-                        preprocess="center"),
-    },
-    "realnvp": {
-        # Three levels (the last at 7x7), width 96: samples are digits, which
-        # the first shipped preset (levels=2, hidden=64, 72k params: 1.2427
-        # bits/dim) never gave; with bfloat16 nets it runs at least as many
-        # steps per minute as that float32 model did (zoo/realnvp-mnist).
-        "mnist": dict(data_shape=(28, 28, 1), levels=3, steps=3, hidden=96, alpha=0.05),
-        "mnist-tiny": dict(data_shape=(28, 28, 1), levels=2, steps=2, hidden=16, alpha=0.05),
-        "cifar10": dict(data_shape=(32, 32, 3), levels=3, steps=3, hidden=64, alpha=0.05),
-    },
-    "nice": {
-        "mnist": dict(data_shape=(28, 28, 1), couplings=4, hidden=256, depth=4, base="logistic"),
-        "mnist-tiny": dict(data_shape=(28, 28, 1), couplings=4, hidden=64, depth=2, base="logistic"),
-        "cifar10": dict(data_shape=(32, 32, 3), couplings=4, hidden=2000, depth=4, base="logistic"),
-    },
-}
+PRESETS = _architectures(read_presets())
 
 
 def _config(model, preset, overrides, optional=()):
@@ -257,11 +251,17 @@ def build(model_name, preset, overrides=None, pretrained=False):
 
 # -- shipped weights -------------------------------------------------------------
 def read_manifest():
-    """The shipped-weights manifest (`{}` when none ship)."""
-    if not os.path.exists(MANIFEST):
-        return {}
-    with open(MANIFEST) as f:
-        return json.load(f)
+    """`{"<model>-<preset>": entry}` for every preset whose weights ship:
+    the file, sha256 and size, the architecture, the measured metrics
+    (`test_bpd`, `embedded_test500_bpd`, ...) and the card, flattened from
+    the presets table (`{}` when none ship)."""
+    out = {}
+    for model, presets in read_presets().items():
+        for preset, row in presets.items():
+            if row.get("weights"):
+                out[f"{model}-{preset}"] = dict(model=model, preset=preset, architecture=row["architecture"],
+                                                card=row.get("card"), **row["weights"], **row.get("metrics", {}))
+    return out
 
 
 def sha256_file(path):
@@ -276,7 +276,7 @@ class WeightsError(ValueError):
     """Shipped weights are missing, corrupted or do not fit the model.
 
     The sha256 check catches accidental corruption of the package data; it
-    is not tampering protection, since the manifest ships beside the weights.
+    is not tampering protection, since the presets table ships beside the weights.
     """
 
 

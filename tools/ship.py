@@ -1,12 +1,13 @@
 """Ships a `tfflows train` run as pretrained weights with a model card.
 
-    python zoo/ship.py --run RUN_DIR --key glow-mnist --data ../shared/data/mnist.npz \
+    python tools/ship.py --run RUN_DIR --key glow-mnist --data ../shared/data/mnist.npz \
         --command "tfflows train ..." [--draws 4] [--continues [--cooldown | --resumed]]
 
 Evaluates the run on the full test split (`--draws` dequantization draws),
 copies the weights into `tfflows/zoo/weights/`, records sha256, bits/dim,
-recipe, CPU time, date and hardware in the manifest, and writes
-`zoo/<key>/` (learning curve, sample grid, README model card).
+metrics and card in the presets table (`tfflows/zoo/presets.json`), the
+recipe, stages, CPU time and hardware in `zoo/<key>/history.json`, and
+writes `zoo/<key>/` (learning curve, sample grid, README model card).
 """
 
 import argparse
@@ -31,6 +32,53 @@ NORMFLOWS = {  # measured on this 2-core machine (issue #11)
 }
 PUBLISHED = {"glow": 1.05, "realnvp": 1.06, "nice": None}
 TARGETS = {"glow": 1.15, "realnvp": 1.25}  # issue #11, full 10k test set
+
+
+HISTORY_KEYS = ("command", "recipe", "stages", "hardware", "storage")
+METRIC_KEYS = ("test_bpd", "test_bpd_stderr", "test_bpd_per_draw", "test_images", "test_draws",
+               "embedded_test500_bpd", "embedded_test500_centres_bpd", "params", "train_steps", "train_minutes",
+               "cpu_hours", "date")
+
+
+def history_path(key):
+    return os.path.join(ROOT, "zoo", key, "history.json")
+
+
+def read_record(key):
+    """The shipped entry of `key` (presets table) with its training record
+    (`zoo/<key>/history.json`), or `None` when no weights ship for it."""
+    entry = builders.read_manifest().get(key)
+    if entry is None:
+        return None
+    if os.path.exists(history_path(key)):
+        with open(history_path(key)) as f:
+            entry.update(json.load(f))
+    return entry
+
+
+def dump_table(obj):
+    """JSON with an indent, short lists of numbers on one line."""
+    import re
+
+    text = json.dumps(obj, indent=1)
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def write_record(key, entry):
+    """Splits `entry` into the presets table row (weights, metrics, card) and
+    the training record `zoo/<key>/history.json`."""
+    table = builders.read_presets()
+    row = table[entry["model"]][entry["preset"]]
+    row["weights"] = {k: entry[k] for k in ("file", "sha256", "size_bytes")}
+    row["metrics"] = {k: entry[k] for k in METRIC_KEYS if k in entry}
+    row["card"] = f"zoo/{key}/README.md"
+    with open(builders.PRESETS_FILE, "w") as f:
+        f.write(dump_table(table))
+    os.makedirs(os.path.dirname(history_path(key)), exist_ok=True)
+    with open(history_path(key), "w") as f:
+        json.dump({k: entry[k] for k in HISTORY_KEYS if k in entry}, f, indent=1, sort_keys=True)
+        f.write("\n")
 
 
 def base_stage(stages, i):
@@ -238,7 +286,7 @@ def main():
     p.add_argument("--cpu-hours", type=float, default=None,
                    help="core-hours of this run when --cores changed during it (default: cores x minutes)")
     p.add_argument("--hardware-note", default="shared with other jobs while training",
-                   help="how the machine was shared during the run (goes into the manifest)")
+                   help="how the machine was shared during the run (goes into zoo/<key>/history.json)")
     p.add_argument("--continues", action="store_true",
                    help="the run started from the shipped weights of --key (--init-from): add "
                         "its steps, minutes and curve to the shipped stage(s) before it")
@@ -265,7 +313,7 @@ def main():
     with open(os.path.join(args.run, "metrics.json")) as f:
         metrics = json.load(f)
     check_shippable(cfg, args.key)  # before anything is evaluated or overwritten
-    manifest = builders.read_manifest()
+    manifest = {args.key: read_record(args.key)} if read_record(args.key) else {}
     base_step, base_min = 0, 0.0
     if args.resumed:
         base_step, base_min = resume_point(manifest[args.key].get("stages") or [])
@@ -292,6 +340,8 @@ def main():
     for line in draw_outliers(by_draw):
         print(f"{args.key}: {line}")
     bpd500, se500, _ = training.evaluate_bpd(model, emb, draws=4, seed=1234)
+    # Bin centres, no noise: the exact figure tests/test_pretrained.py holds the file to (1e-6).
+    centres = np.asarray(model.bits_per_dim((emb.astype("float32") + 0.5) / 256.0), dtype="float64")
     if args.net_kernels_float16:
         storage = (f"coupling-network kernels ({n16:,} of {n:,} values) stored as float16, the rest float32; "
                    f"embedded 500 test images {before:.5f} bits/dim in float32, {bpd500:.5f} as stored")
@@ -339,7 +389,7 @@ def main():
         model=cfg["model"], preset=cfg["preset"], architecture=arch, params=int(model.count_params()),
         test_bpd=round(mean, 4), test_bpd_stderr=round(se, 4), test_images=int(test.shape[0]),
         test_draws=args.draws, test_bpd_per_draw=[round(d, 4) for d in per_draw],
-        embedded_test500_bpd=round(bpd500, 4),
+        embedded_test500_bpd=round(bpd500, 4), embedded_test500_centres_bpd=float(centres.mean()),
         train_steps=sum(st["steps"] for st in stages),
         train_minutes=round(sum(st["minutes"] for st in stages), 1),
         cpu_hours=round(sum(st["cpu_hours"] for st in stages), 2),
@@ -353,9 +403,7 @@ def main():
         date=datetime.date.today().isoformat(),
         hardware=f"{platform.machine()} CPU, {args.cores} core(s) for the last stage, no GPU; {args.hardware_note}",
     )
-    manifest[args.key] = entry
-    with open(builders.MANIFEST, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+    write_record(args.key, entry)
 
     os.makedirs(card_dir, exist_ok=True)
     plot_curve(curve, os.path.join(card_dir, "curve.png"), f"{args.key}: test bits/dim vs CPU minutes")
@@ -371,7 +419,7 @@ def weights_text(recipe):
     if not recipe.get("ema"):
         return "no weight averaging"
     if recipe.get("weights") == "live":
-        return (f"weights = the live training weights of the run's last checkpoint (`zoo/ship.py --live-weights`), "
+        return (f"weights = the live training weights of the run's last checkpoint (`tools/ship.py --live-weights`), "
                 f"not the EMA (momentum {recipe['ema']}) that `tfflows train` writes")
     return f"weights = EMA of the training weights (momentum {recipe['ema']})"
 
@@ -426,7 +474,7 @@ stage each one starts from):
 
 ```sh
 {chr(10).join(st['command'] for st in e['stages'])}
-python zoo/ship.py --run RUN_DIR --key {args.key} --data ../shared/data/mnist.npz --command "..." [--continues]
+python tools/ship.py --run RUN_DIR --key {args.key} --data ../shared/data/mnist.npz --command "..." [--continues]
 ```
 
 Evaluate the shipped file: `tfflows evaluate --pretrained --model {e['model']} --preset {e['preset']} --data ../shared/data/mnist.npz --draws 4`.

@@ -75,6 +75,39 @@ CASES = {
         lambda dt: L.AffineCoupling(mask="checkerboard", hidden=8, dtype=dt), (3, 6)),
     "AffineCoupling-conditional-vector": Case(
         lambda dt: L.AffineCoupling(hidden=8, context_shape=(2,), dtype=dt), (3, 4), context_shape=(2,)),
+    "MaskedAutoregressive-maf-affine": Case(
+        lambda dt: L.MaskedAutoregressive(hidden=(16, 16), dtype=dt), (3, 5), inverse="sequential"),
+    "MaskedAutoregressive-iaf-affine-random-order": Case(
+        lambda dt: L.MaskedAutoregressive(direction="iaf", hidden=(16,), order="random", seed=3, dtype=dt),
+        (3, 4), forward="sequential"),
+    "MaskedAutoregressive-maf-conditional": Case(
+        lambda dt: L.MaskedAutoregressive(hidden=(16,), context_shape=(2,), dtype=dt), (3, 4),
+        inverse="sequential", context_shape=(2,)),
+    "MaskedAutoregressive-iaf-conditional-one-feature": Case(
+        lambda dt: L.MaskedAutoregressive(direction="iaf", hidden=(8,), context_shape=(2,), dtype=dt), (3, 1),
+        forward="sequential", context_shape=(2,)),
+    "MaskedAutoregressive-maf-spline": Case(
+        lambda dt: L.MaskedAutoregressive({"name": "spline", "bins": 4, "bound": 2.0}, hidden=(16,), dtype=dt),
+        (3, 3), inverse="sequential"),
+    "MaskedAutoregressive-iaf-spline-conditional": Case(
+        lambda dt: L.MaskedAutoregressive("spline", direction="iaf", hidden=(16,), context_shape=(2,), dtype=dt),
+        (3, 3), forward="sequential", context_shape=(2,)),
+    "SplineCoupling-channel-vector": Case(lambda dt: L.SplineCoupling(bins=4, hidden=8, dtype=dt), (3, 5)),
+    "SplineCoupling-checkerboard-image": Case(
+        lambda dt: L.SplineCoupling(bins=4, bound=2.0, mask="checkerboard", hidden=8, dtype=dt), (2, 4, 4, 2)),
+    "SplineCoupling-channel-image-conditional": Case(
+        lambda dt: L.SplineCoupling(bins=3, hidden=8, context_shape=(2,), dtype=dt), (2, 2, 2, 4),
+        context_shape=(2,)),
+    "ElementwiseSpline-vector": Case(lambda dt: L.ElementwiseSpline(bins=4, bound=2.0, dtype=dt), (3, 4)),
+    "ElementwiseSpline-image-conditional": Case(
+        lambda dt: L.ElementwiseSpline(bins=3, context_shape=(2,), dtype=dt), (2, 2, 2, 1), context_shape=(2,)),
+    "PiecewiseLinear": Case(lambda dt: L.PiecewiseLinear(bins=5, dtype=dt), (3, 4), inputs="unit"),
+    "PiecewiseLinear-conditional": Case(
+        lambda dt: L.PiecewiseLinear(bins=4, bound=2.0, context_shape=(3,), dtype=dt), (3, 2), context_shape=(3,)),
+    "LULinear": Case(lambda dt: L.LULinear(seed=0, dtype=dt), (3, 4)),
+    "QRLinear": Case(lambda dt: L.QRLinear(seed=0, dtype=dt), (3, 4)),
+    "QRLinear-two-reflections-no-bias": Case(lambda dt: L.QRLinear(2, use_bias=False, seed=1, dtype=dt), (3, 5)),
+    "Householder": Case(lambda dt: L.Householder(3, seed=0, dtype=dt), (3, 4)),
     "ActNorm": Case(lambda dt: L.ActNorm(dtype=dt), (2, 3, 3, 4)),
     "DiagonalScaling": Case(lambda dt: L.DiagonalScaling(dtype=dt), (3, 8)),
     "Invertible1x1Conv-lu": Case(lambda dt: L.Invertible1x1Conv(seed=0, dtype=dt), (2, 3, 3, 4)),

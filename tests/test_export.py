@@ -677,3 +677,31 @@ def test_export_of_a_model_trained_under_mirrored_strategy(tmp_path):
     report, results = _run_fresh_process([job], tmp_path)
     assert report["mirrored"]["errors"] == {}
     np.testing.assert_allclose(results["mirrored"]["lp/log_prob"], trained["after"], rtol=LOG_PROB_RTOL)
+
+
+def test_a_conditional_vector_model_exports_signatures_that_take_its_context(tmp_path):
+    model = tfflows.zoo.maf(3, flows=2, hidden=(8,), context_dim=2)
+    rng = np.random.default_rng(0)
+    for w in model.trainable_weights:
+        w.assign(w.value + 0.05 * rng.standard_normal(tuple(w.shape)).astype("float32"))
+    x = rng.normal(size=(4, 3)).astype("float32")
+    c = rng.normal(size=(4, 2)).astype("float32")
+    path = export.save(model, str(tmp_path / "maf"))
+    meta = json.load(open(os.path.join(path, export.METADATA_FILE)))
+    assert meta["n_bits"] is None and meta["context_shape"] == [2]
+    assert meta["signatures"]["sample"]["inputs"]["context"] == {"dtype": "float32", "shape": [-1, 2]}
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == {"serving_default", "sample", "encode", "decode"}
+    got = loaded.signatures["serving_default"](x=tf.constant(x), context=tf.constant(c))
+    np.testing.assert_allclose(got["log_prob"], _np(model.log_prob(x, context=c)), rtol=1e-5, atol=1e-5)
+    z = loaded.signatures["encode"](x=tf.constant(x), context=tf.constant(c))["latent"]
+    np.testing.assert_allclose(loaded.signatures["decode"](latent=z, context=tf.constant(c))["x"], x, atol=1e-4)
+    # Row i of `sample` is the decode of its stateless noise under context row i.
+    seeds = tf.constant([5, 6, 7, 8], tf.int64)
+    temps = tf.constant([1.0, 0.5, 1.0, 0.0])
+    s = loaded.signatures["sample"](temperature=temps, seed=seeds, context=tf.constant(c))["x"]
+    eps = np.stack([tf.random.stateless_normal((3,), seed=[int(k), 0]).numpy() for k in seeds.numpy()])
+    want = _np(model.decode(eps * temps.numpy()[:, None], context=c))
+    np.testing.assert_allclose(s, want, atol=1e-4)
+    with pytest.raises(Exception, match="context"):
+        loaded.signatures["serving_default"](x=tf.constant(x), context=tf.constant(c[:2]))

@@ -71,29 +71,41 @@ class FlowBijector(tfb.Bijector):
         return tf.constant(self._latent_event_shape, dtype=tf.int32)
 
     @staticmethod
-    def _batched(fn, t, event_rank):
-        """Runs `fn` on `t` flattened to one batch axis, then restores it."""
+    def _batched(fn, t, event_rank, context=None):
+        """Runs `fn` on `t` flattened to one batch axis, then restores it.
+
+        A `context` shares `t`'s batch shape and is flattened the same way.
+        """
         t = tf.convert_to_tensor(t)
-        batch_shape = tf.shape(t)[: tf.rank(t) - event_rank]
+        batch_rank = tf.rank(t) - event_rank
+        batch_shape = tf.shape(t)[:batch_rank]
         event_shape = t.shape[t.shape.rank - event_rank:]
-        flat = tf.reshape(t, tf.concat([[-1], tf.shape(t)[tf.rank(t) - event_rank:]], 0))
+        flat = tf.reshape(t, tf.concat([[-1], tf.shape(t)[batch_rank:]], 0))
         flat.set_shape([None] + event_shape.as_list())
-        out, log_det = fn(flat)
+        if context is not None:
+            context = tf.convert_to_tensor(context, dtype=t.dtype)
+            context_event = context.shape[t.shape.rank - event_rank:]
+            context = tf.reshape(context, tf.concat([[-1], tf.shape(context)[batch_rank:]], 0))
+            context.set_shape([None] + context_event.as_list())
+        out, log_det = fn(flat, context=context)
         out_event = tf.shape(out)[1:]
         out = tf.reshape(out, tf.concat([batch_shape, out_event], 0))
         return out, tf.reshape(log_det, batch_shape)
 
-    def _forward(self, z):
-        return self._batched(self._layer.inverse, z, len(self._latent_event_shape))[0]
+    # A conditional flow takes its context as a bijector keyword, as TFP's
+    # conditional bijectors do: `bijector.forward(z, context=c)`, or
+    # `TransformedDistribution(...).log_prob(x, bijector_kwargs={"context": c})`.
+    def _forward(self, z, context=None):
+        return self._batched(self._layer.inverse, z, len(self._latent_event_shape), context)[0]
 
-    def _inverse(self, x):
-        return self._batched(self._layer.forward, x, len(self._data_event_shape))[0]
+    def _inverse(self, x, context=None):
+        return self._batched(self._layer.forward, x, len(self._data_event_shape), context)[0]
 
-    def _forward_log_det_jacobian(self, z):
-        return self._batched(self._layer.inverse, z, len(self._latent_event_shape))[1]
+    def _forward_log_det_jacobian(self, z, context=None):
+        return self._batched(self._layer.inverse, z, len(self._latent_event_shape), context)[1]
 
-    def _inverse_log_det_jacobian(self, x):
-        return self._batched(self._layer.forward, x, len(self._data_event_shape))[1]
+    def _inverse_log_det_jacobian(self, x, context=None):
+        return self._batched(self._layer.forward, x, len(self._data_event_shape), context)[1]
 
 
 def as_bijector(layer, event_shape=None, validate_args=False, name=None):

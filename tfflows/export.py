@@ -66,7 +66,7 @@ from tfflows.models import bits_per_dim
 from tfflows.version import __version__
 from tfflows.zoo.data import dequantize_images
 
-SIGNATURES = tuple(serving.SIGNATURES)
+SIGNATURES = tuple(serving.SIGNATURES)  # of an image model; see `signature_specs`
 METADATA_FILE = os.path.join("assets.extra", "tfflows.json")
 
 
@@ -83,15 +83,19 @@ def latent_layout(model):
 
 def signature_specs(model):
     """`{signature: {"inputs": {name: (dtype, shape)}, "outputs": {...}}}`
-    for `model`: `tfflows.serving.SIGNATURES` with the shapes filled in.
+    for `model`: its `tfflows.serving.signature_table` (images or continuous
+    data, with a `context` input for a conditional model) with the shapes
+    filled in.
 
     Dtypes are numpy names, shapes use `None` for the free batch axis.
     """
-    shapes = {"batch": (None,), "image": (None,) + tuple(model.data_shape),
-              "latent": (None, event_size((None,) + tuple(model.latent_shape)))}
+    shapes = {"batch": (None,), "image": (None,) + tuple(model.data_shape), "data": (None,) + tuple(model.data_shape),
+              "latent": (None, event_size((None,) + tuple(model.latent_shape))),
+              "context": (None,) + tuple(model.context_shape or ())}
+    table = serving.signature_table(continuous=model.n_bits is None, conditional=model.context_shape is not None)
     return {name: {side: {k: (dtype, shapes[kind]) for k, (dtype, kind) in spec[side].items()}
                    for side in ("inputs", "outputs")}
-            for name, spec in serving.SIGNATURES.items()}
+            for name, spec in table.items()}
 
 
 def _stateless_noise(kind, key, shape):
@@ -104,13 +108,7 @@ def _stateless_noise(kind, key, shape):
 def _check_exportable(model):
     if not (hasattr(model, "flow") and hasattr(model, "base") and hasattr(model, "data_shape")):
         raise TypeError(f"tfflows.export.save needs a tfflows FlowModel, got {type(model).__name__}.")
-    if model.n_bits is None:
-        raise ValueError(f"tfflows.export serves images: model '{model.name}' models continuous data "
-                         f"(n_bits=None). Save it with model.save(...) instead.")
-    if model.context_shape is not None:
-        raise ValueError(f"tfflows.export does not serve conditional models yet (model '{model.name}' has "
-                         f"context_shape={model.context_shape}); save it with model.save(...).")
-    if model.n_bits > 8:
+    if model.n_bits is not None and model.n_bits > 8:
         raise ValueError(
             f"tfflows.export serves uint8 images, so the model's n_bits must be at most 8. "
             f"Received: n_bits={model.n_bits}"
@@ -127,53 +125,76 @@ def _check_exportable(model):
 
 # -- the serving functions ---------------------------------------------------------
 def _endpoints(model):
-    """The five serving functions, closed over `model`'s layers and variables."""
+    """The serving functions, closed over `model`'s layers and variables.
+
+    Each takes its signature's inputs in order; a conditional model's take
+    `context` last.
+    """
     data_shape = tuple(model.data_shape)
     latent_shape = tuple(model.latent_shape)
     dims = event_size((None,) + data_shape)
     latent_dim = event_size((None,) + latent_shape)
-    n_bits = int(model.n_bits)
+    images = model.n_bits is not None
+    data_name = "images" if images else "x"
     specs = signature_specs(model)
 
-    def density(x):
-        z, log_det = model.flow.forward(x)
+    def check_data(x):
+        return tf.ensure_shape(x, (None,) + data_shape, name=f"check_{data_name}_shape")
+
+    def check_context(context, like):
+        if context is None:
+            return None
+        context = tf.ensure_shape(context, (None,) + tuple(model.context_shape), name="check_context_shape")
+        same_batch = tf.debugging.assert_equal(
+            tf.shape(context)[0], tf.shape(like)[0],
+            message="the context needs one row per example (inputs 'context' and the data, latent or "
+                    "seed must have the same batch size)")
+        with tf.control_dependencies([same_batch]):
+            return tf.debugging.check_numerics(context, "the context holds NaN or Inf")
+
+    def density(x, context):
+        z, log_det = model.flow.forward(x, context=context)
         # Give the latent its full static shape (the base's log_prob counts
         # its event size from it).
         z = tf.ensure_shape(z, (None,) + latent_shape)
-        log_p = model.base.log_prob(z) + log_det
-        bpd = bits_per_dim(log_p, dims, n_bits)
-        return {"log_prob": tf.identity(log_p, name="log_prob"),
-                "bits_per_dim": tf.identity(bpd, name="bits_per_dim")}
+        log_p = model.base.log_prob(z, context=context) + log_det
+        out = {"log_prob": tf.identity(log_p, name="log_prob")}
+        if images:
+            out["bits_per_dim"] = tf.identity(bits_per_dim(log_p, dims, int(model.n_bits)), name="bits_per_dim")
+        return out
 
-    def check_images(images):
-        return tf.ensure_shape(images, (None,) + data_shape, name="check_images_shape")
+    def log_prob_uint8(images_u8, context=None):
+        x = dequantize_images(check_data(images_u8), 0.5, int(model.n_bits))  # bin centres
+        return density(x, check_context(context, x))
 
-    def log_prob_uint8(images):
-        return density(dequantize_images(check_images(images), 0.5, n_bits))  # bin centres
+    def log_prob_float(x, context=None):
+        x = check_data(x)
+        return density(x, check_context(context, x))
 
-    def log_prob_float(images):
-        return density(check_images(images))
-
-    def encode(images):
-        z, _ = model.flow.forward(check_images(images))
+    def encode(x, context=None):
+        x = check_data(x)
+        z, _ = model.flow.forward(x, context=check_context(context, x))
         return {"latent": tf.reshape(z, (-1, latent_dim), name="latent")}
 
-    def decode_flat(latent, overflow_message):
+    def decode_flat(latent, context, overflow_message):
         z = tf.reshape(latent, (-1,) + latent_shape)
-        x, _ = model.flow.inverse(z)
-        # A non-finite image fails the call (InvalidArgumentError with this
+        x, _ = model.flow.inverse(z, context=context)
+        # A non-finite output fails the call (InvalidArgumentError with this
         # message) rather than coming back as NaN, which clipping would keep.
         x = tf.debugging.check_numerics(x, overflow_message)
-        return tf.clip_by_value(x, 0.0, 1.0, name="images")
+        if images:
+            return tf.clip_by_value(x, 0.0, 1.0, name="images")
+        return tf.identity(x, name="x")
 
-    def decode(latent):
+    def decode(latent, context=None):
         latent = tf.ensure_shape(latent, (None, latent_dim), name="check_latent_shape")
         latent = tf.debugging.check_numerics(latent, "decode: the latent holds NaN or Inf")
-        return {"images": decode_flat(
-            latent, "decode: the inverse gave a non-finite image for this latent (it overflowed: the latent is "
-                    "too far out for this model)")}
+        return {data_name: decode_flat(
+            latent, check_context(context, latent),
+            "decode: the inverse gave a non-finite output for this latent (it overflowed: the latent is "
+            "too far out for this model)")}
 
-    def sample(temperature, seed):
+    def sample(temperature, seed, context=None):
         temperature = tf.ensure_shape(temperature, (None,), name="check_temperature_shape")
         seed = tf.ensure_shape(seed, (None,), name="check_seed_shape")
         same_batch = tf.debugging.assert_equal(
@@ -187,42 +208,44 @@ def _endpoints(model):
         with tf.control_dependencies([same_batch, good_temperature]):
             seed = tf.identity(seed)
             temperature = tf.identity(temperature)
+        context = check_context(context, seed)
 
-        def one_row(args):
-            t, s = args
-            key = tf.stack([s, tf.zeros_like(s)])
-            eps = _stateless_noise(model.base.noise, key, latent_shape)
-            return model.base.from_noise(eps, temperature=t)
+        def one_row(s):
+            return _stateless_noise(model.base.noise, tf.stack([s, tf.zeros_like(s)]), latent_shape)
 
-        z = tf.map_fn(one_row, (temperature, seed),
-                      fn_output_signature=tf.TensorSpec(latent_shape, tf.float32))
-        return {"images": decode_flat(
-            tf.reshape(z, (-1, latent_dim)),
-            "sample: the inverse overflowed at this temperature (a non-finite image); lower the temperature")}
+        eps = tf.map_fn(one_row, seed, fn_output_signature=tf.TensorSpec(latent_shape, tf.float32))
+        z = model.base.from_noise(eps, context=context, temperature=temperature)
+        return {data_name: decode_flat(
+            tf.reshape(z, (-1, latent_dim)), context,
+            "sample: the inverse overflowed at this temperature (a non-finite output); lower the temperature")}
 
-    functions = dict(serving_default=log_prob_uint8, log_prob_float=log_prob_float, sample=sample,
-                     encode=encode, decode=decode)
+    functions = dict(serving_default=log_prob_uint8 if images else log_prob_float, log_prob_float=log_prob_float,
+                     sample=sample, encode=encode, decode=decode)
     return {name: (functions[name], [tf.TensorSpec(shape, dtype, name=k)
-                                     for k, (dtype, shape) in specs[name]["inputs"].items()])
-            for name in SIGNATURES}
+                                     for k, (dtype, shape) in spec["inputs"].items()])
+            for name, spec in specs.items()}
 
 
 def metadata(model):
     """What `save` writes to `assets.extra/tfflows.json` (plain JSON types)."""
     specs = signature_specs(model)
+    images = model.n_bits is not None
     return {
         "format": "tfflows-savedmodel/1",
         "tfflows_version": __version__,
         "model_name": model.name,
         "data_shape": [int(d) for d in model.data_shape],
-        "n_bits": int(model.n_bits),
+        "n_bits": int(model.n_bits) if images else None,
+        "context_shape": None if model.context_shape is None else [int(d) for d in model.context_shape],
         "base": type(model.base).__name__,
         "latent_shape": [int(d) for d in model.latent_shape],
         "latent_dim": event_size((None,) + tuple(model.latent_shape)),
         "latent_layout": latent_layout(model),
-        "dequantization": "x = ((u8 >> (8 - n_bits)) + 0.5) / 2**n_bits (bin centres)",
+        "dequantization": ("x = ((u8 >> (8 - n_bits)) + 0.5) / 2**n_bits (bin centres)" if images
+                           else "none: continuous data"),
         "sample_key": "per row: [seed, 0] for tf.random.stateless_*",
-        "images_out": "float32 in data space, clipped to [0, 1]",
+        ("images_out" if images else "x_out"): ("float32 in data space, clipped to [0, 1]" if images
+                                                else "float32 in data space, not clipped"),
         "signatures": {
             name: {side: {k: {"dtype": d, "shape": [-1 if s is None else s for s in shape]}
                           for k, (d, shape) in spec[side].items()}
@@ -290,7 +313,11 @@ def remove_stale_exports(base_path):
 
 def _write_archive(model, path):
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # The flow and the base hold every variable the endpoints read. Tracking
+    # the layers rather than the model keeps Keras from adding its own
+    # `model(x)` signature, which a conditional model cannot answer.
+    archive.track(model.flow)
+    archive.track(model.base)
     # serving_default is registered first, so it is also the archive's default.
     for name, (fn, spec) in _endpoints(model).items():
         archive.add_endpoint(name, fn, input_signature=spec)

@@ -219,6 +219,8 @@ class FlowModel(keras.Model):
         if not self.flow.built:
             self.flow.build((None,) + self.data_shape)
         self.latent_shape = tuple(self.flow.compute_output_shape((None,) + self.data_shape)[1:])
+        if not self.base.built:
+            self.base.build((None,) + self.latent_shape)
         self.built = True
 
     def latent_layout(self):

@@ -52,6 +52,33 @@ SIGNATURES = {
     "decode": {"inputs": {"latent": ("float32", "latent")}, "outputs": {"images": ("float32", "image")}},
 }
 
+#: The signatures of a model of continuous data (`n_bits=None`, e.g. a MAF
+#: on vectors): `"data"` is `(batch, *data_shape)`, outputs are not clipped.
+CONTINUOUS_SIGNATURES = {
+    "serving_default": {"inputs": {"x": ("float32", "data")}, "outputs": {"log_prob": ("float32", "batch")}},
+    "sample": {"inputs": {"temperature": ("float32", "batch"), "seed": ("int64", "batch")},
+               "outputs": {"x": ("float32", "data")}},
+    "encode": {"inputs": {"x": ("float32", "data")}, "outputs": {"latent": ("float32", "latent")}},
+    "decode": {"inputs": {"latent": ("float32", "latent")}, "outputs": {"x": ("float32", "data")}},
+}
+
+#: A conditional model's signatures each take this input as well: the
+#: context, one row per example, `(batch, *context_shape)`.
+CONTEXT_INPUT = ("context", ("float32", "context"))
+
+
+def signature_table(continuous=False, conditional=False):
+    """The signatures of a model: `SIGNATURES` (images) or
+    `CONTINUOUS_SIGNATURES` (`n_bits=None`), with `CONTEXT_INPUT` added to
+    every signature of a conditional model."""
+    table = CONTINUOUS_SIGNATURES if continuous else SIGNATURES
+    if not conditional:
+        return table
+    name, spec = CONTEXT_INPUT
+    return {sig: {"inputs": dict(io["inputs"], **{name: spec}), "outputs": io["outputs"]}
+            for sig, io in table.items()}
+
+
 #: Input names and dtypes of each exported signature (from `SIGNATURES`).
 SIGNATURE_INPUTS = {name: {k: dtype for k, (dtype, _) in spec["inputs"].items()}
                     for name, spec in SIGNATURES.items()}
@@ -138,7 +165,9 @@ def decode_inputs(latent, latent_dim=None):
 def _checked(signature, inputs):
     if signature not in SIGNATURE_INPUTS:
         raise RequestError(f"Unknown signature {signature!r}; choose one of {sorted(SIGNATURE_INPUTS)}.")
-    want = SIGNATURE_INPUTS[signature]
+    want = dict(SIGNATURE_INPUTS[signature])
+    if CONTEXT_INPUT[0] in inputs:  # a conditional model's signature
+        want[CONTEXT_INPUT[0]] = CONTEXT_INPUT[1][0]
     if set(inputs) != set(want):
         raise RequestError(f"Signature {signature!r} takes inputs {sorted(want)}, got {sorted(inputs)}.")
     out = {}

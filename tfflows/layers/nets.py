@@ -10,6 +10,8 @@ import numpy as np
 from keras import layers as kl
 from keras import ops
 
+from tfflows.layers.base import event_size
+
 # A k x k convolution runs as matmuls when one side is narrow (k*k*C <= 128),
 # as in the first and last convs of every coupling net.
 # `benchmarks/bench_tfflows_glow.py` measured the Glow train step on 2 CPU
@@ -220,10 +222,7 @@ def context_channels(rank, context_shape):
     context_shape = tuple(context_shape)
     if rank == 4 and len(context_shape) == 3:
         return int(context_shape[-1])
-    n = 1
-    for d in context_shape:
-        n *= int(d)
-    return n
+    return event_size((None,) + context_shape)
 
 
 def conditioner_input(x, context):

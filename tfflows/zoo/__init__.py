@@ -1,12 +1,15 @@
-"""Model zoo: `nice()`, `realnvp()`, `glow()` builders, presets, shipped
-weights (`pretrained=True`) and tf.data pipelines (`tfflows.zoo.data`)."""
+"""Model zoo: `nice()`, `realnvp()`, `glow()` for images with presets and
+shipped weights (`pretrained=True`); `maf()`, `iaf()`, `nsf()` (and
+`realnvp(data_shape=(dim,))`) for vectors; tf.data pipelines
+(`tfflows.zoo.data`)."""
 
 import importlib
 
 from tfflows.zoo.builders import (PRESETS, WeightsError, glow, list_models, nice, realnvp,
                                   verified_weights_path)
+from tfflows.zoo.vectors import iaf, maf, nsf
 
-__all__ = ["PRESETS", "WeightsError", "glow", "list_models", "nice", "realnvp",
+__all__ = ["PRESETS", "WeightsError", "glow", "list_models", "nice", "realnvp", "maf", "iaf", "nsf",
            "verified_weights_path", "data"]
 
 

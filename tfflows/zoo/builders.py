@@ -201,9 +201,26 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
 
 
 def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, alpha=None,
-            data_shape=None, n_bits=None):
+            data_shape=None, n_bits=None, context_dim=None):
     """RealNVP, as `FlowModel`. `levels` scales, `steps` couplings per block,
-    `hidden` the coupling width, `alpha` the logit squashing."""
+    `hidden` the coupling width, `alpha` the logit squashing.
+
+    With a vector `data_shape=(dim,)` it is RealNVP for continuous vectors
+    (`n_bits=None`, loss in nats): `2 * steps` affine couplings over
+    alternating halves, each after an ActNorm, conditional on a
+    `(batch, context_dim)` context if `context_dim` is given."""
+    if data_shape is not None and len(tuple(data_shape)) == 1:
+        from tfflows.zoo import vectors
+
+        config = _config("realnvp", preset, dict(steps=steps, hidden=hidden))
+        if pretrained:
+            raise WeightsError("No pretrained weights ship for a vector RealNVP.")
+        dim = int(tuple(data_shape)[0])
+        context_shape = vectors.check_sizes("realnvp", dim, 2 * config["steps"], context_dim)
+        flow = vectors.realnvp_vector_flow(dim, 2 * config["steps"], config["hidden"], context_shape)
+        return FlowModel(flow, data_shape=(dim,), n_bits=n_bits, context_shape=context_shape, name="realnvp")
+    if context_dim is not None:
+        raise ValueError("realnvp context_dim is for vector data (data_shape=(dim,)); image RealNVP is unconditional.")
     config = _config("realnvp", preset, dict(levels=levels, steps=steps, hidden=hidden, alpha=alpha,
                                              data_shape=data_shape, n_bits=n_bits))
     flow = realnvp_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],

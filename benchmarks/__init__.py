@@ -1,4 +1,4 @@
-"""Benchmarks of tfflows against TFP's `tfb.Glow` and PyTorch `normflows`.
+"""Benchmarks of tfflows against TFP (`tfb.Glow`, MAF, splines), normflows, zuko and nflows.
 
 Not part of the installed package (`tfflows/` never imports from here, and
 only these scripts read the MNIST file). Entry points, run from the repo root:
@@ -8,6 +8,9 @@ only these scripts read the MNIST file). Entry points, run from the repo root:
   implementation, plus the tfflows / baseline ratios.
 * `python -m benchmarks.time_to_bpd --minutes M`: test bits/dim reached
   within the same wall-clock training budget per implementation.
+* `python -m benchmarks.density2d`: tfflows MAF / NSF against zuko, nflows
+  and TFP on FFJORD's 2-D toy sets (and the 64-D digits with `--tabular`):
+  test NLL in nats, train steps/s, sampling time, parameter counts.
 
 See `benchmarks/README.md` for the commands, the environments and what the
 fields mean. This package must import nothing heavier than numpy at import

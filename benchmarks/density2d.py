@@ -54,7 +54,7 @@ if __package__ in (None, ""):
 
 from benchmarks import _density_common as C  # noqa: E402
 from benchmarks._common import REPO_ROOT, run_results_dir  # noqa: E402
-from benchmarks.glow_mnist import machine_info, warn_if_busy  # noqa: E402
+from benchmarks.glow_mnist import cpu_busy_fraction, machine_info, warn_if_busy  # noqa: E402
 
 PEERS_PYTHON = os.environ.get("PEERS_PYTHON", "/work/peers/bin/python")
 WORKERS = {"main": os.path.join(REPO_ROOT, "benchmarks", "density2d_tf.py"),
@@ -67,7 +67,7 @@ PEER_TOL = 0.02  # tfflows no worse than the best peer by more than this
 # Which tfflows model each peer model is compared with.
 COUNTERPART = {"maf": "tfflows-maf", "nsf": "tfflows-nsf"}
 QUICK = dict(steps=30, warmup=5, n_train=2000, n_test=2000, sample_n=1000, probe_steps=30,
-             sets="moons,checkerboard", tabular_steps=10, tabular_warmup=3)
+             sets="moons,checkerboard", tabular_steps=20, tabular_warmup=3, tabular_sample_n=100)
 
 
 def parse_args(argv=None):
@@ -90,7 +90,8 @@ def parse_args(argv=None):
                    help="spline interval [-B, B], identity tails outside (zuko's fixed 5; tfflows' default is 3)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of every framework")
     p.add_argument("--tfflows-jit", choices=("on", "off"), default="on",
-                   help="model.compile(jit_compile=...) for tfflows (on: what Keras' 'auto' picks on TF)")
+                   help="model.compile(jit_compile=...) for tfflows (on: 2x NSF steps/s here; Keras' 'auto' "
+                        "turns XLA off on CPU-only machines)")
     p.add_argument("--tfflows-steps-per-execution", type=int, default=10)
     p.add_argument("--tfflows-stop-on-nan", choices=("on", "off"), default="off",
                    help="fit(stop_on_nan=...); tfflows' default is on (see the speed probe)")
@@ -99,10 +100,12 @@ def parse_args(argv=None):
     p.add_argument("--probe-steps", type=int, default=1000,
                    help="steps of the tfflows-defaults speed probe on the first set (0: skip)")
     p.add_argument("--tabular", action="store_true", help="also the 64-D digits benchmark")
-    p.add_argument("--tabular-steps", type=int, default=1000)
+    p.add_argument("--tabular-steps", type=int, default=800)
     p.add_argument("--tabular-batch-size", type=int, default=256)
     p.add_argument("--tabular-hidden", default="128,128")
     p.add_argument("--tabular-warmup", type=int, default=50)
+    p.add_argument("--tabular-sample-n", type=int, default=500,
+                   help="digits: points sampled (64 sequential MADE passes per flow: slow; 0 skips)")
     p.add_argument("--tabular-copies", type=int, default=10,
                    help="dequantized copies of each digits row (train and test)")
     p.add_argument("--peers-python", default=PEERS_PYTHON, help="interpreter with torch, zuko, nflows")
@@ -222,20 +225,23 @@ def run_worker(cmd, timeout, log):
     return C.json_lines("".join(lines)), rc, time.perf_counter() - t0
 
 
-def worker_cmd(args, model, sets, data_path, steps, batch, hidden, warmup, extra=()):
-    interp = C.INTERPRETER[C.MODELS[model][0]]
+def worker_cmd(args, model, sets, data_path, steps, batch, hidden, warmup, sample_n, overrides=None):
+    """The worker command line of `model`; `overrides` ({flag: value}) replace
+    the driver's tfflows flags (the defaults probe)."""
+    framework = C.MODELS[model][0]
+    interp = C.INTERPRETER[framework]
     python = args.main_python if interp == "main" else args.peers_python
-    cmd = [python, WORKERS[interp], "--data", data_path, "--models", model, "--sets", ",".join(sets),
-           "--steps", str(steps), "--batch-size", str(batch), "--lr", repr(args.lr), "--seed", str(args.seed),
-           "--flows", str(args.flows), "--hidden", hidden, "--bins", str(args.bins), "--bound", repr(args.bound),
-           "--warmup", str(warmup), "--sample-n", str(args.sample_n), "--threads", str(args.threads)]
-    if interp == "main":
-        if C.MODELS[model][0] == "tfflows":
-            cmd += ["--jit", args.tfflows_jit, "--steps-per-execution", str(args.tfflows_steps_per_execution),
-                    "--stop-on-nan", args.tfflows_stop_on_nan]
-        else:
-            cmd += ["--tfp-jit", args.tfp_jit]
-    return cmd + list(extra)
+    flags = {"--data": data_path, "--models": model, "--sets": ",".join(sets), "--steps": steps,
+             "--batch-size": batch, "--lr": repr(args.lr), "--seed": args.seed, "--flows": args.flows,
+             "--hidden": hidden, "--bins": args.bins, "--bound": repr(args.bound), "--warmup": warmup,
+             "--sample-n": sample_n, "--threads": args.threads}
+    if framework == "tfflows":
+        flags.update({"--jit": args.tfflows_jit, "--steps-per-execution": args.tfflows_steps_per_execution,
+                      "--stop-on-nan": args.tfflows_stop_on_nan})
+    elif framework == "tfp":
+        flags["--tfp-jit"] = args.tfp_jit
+    flags.update(overrides or {})
+    return [python, WORKERS[interp]] + [str(t) for kv in flags.items() for t in kv]
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -416,6 +422,17 @@ def param_table(results):
     return out
 
 
+def build_report(args, info, data_summary, results, probe=(), failures=None, argv=(), run_minutes=None):
+    """The run's JSON report: every result line, the ratios against each peer
+    and the targets (judged on the 2-D sets only)."""
+    all_sets = list(args.sets) + (["digits"] if args.tabular else [])
+    tg = targets(results, args.sets)
+    return dict(benchmark="density2d", machine=info, argv=list(argv), args=vars(args), sets=list(args.sets),
+                data=data_summary, results=list(results), params=param_table(results),
+                ratios=compare(results, all_sets), targets=tg, target_summary=summarize_targets(tg),
+                probe=list(probe), failures=dict(failures or {}), run_minutes=run_minutes)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
@@ -434,30 +451,38 @@ def main(argv=None):
     log(f"# data: {data_path} ({os.path.getsize(data_path) / 1e6:.1f} MB): " + json.dumps(data_summary))
 
     results, failures, probe = [], {}, []
-    jobs = []  # (label, model, sets, steps, batch, hidden, warmup, extra, collect)
+    jobs = []  # (label, collect into, worker_cmd arguments after args)
     for m in args.models:
-        jobs.append((m, m, args.sets, args.steps, args.batch_size, args.hidden, args.warmup, [], results))
+        jobs.append((m, results, (m, args.sets, data_path, args.steps, args.batch_size, args.hidden, args.warmup,
+                                  args.sample_n)))
     if args.tabular:
         for m in args.models:
-            jobs.append((f"{m} (digits)", m, ["digits"], args.tabular_steps, args.tabular_batch_size,
-                         args.tabular_hidden, args.tabular_warmup, [], results))
+            jobs.append((f"{m} (digits)", results, (m, ["digits"], data_path, args.tabular_steps,
+                                                     args.tabular_batch_size, args.tabular_hidden,
+                                                     args.tabular_warmup, args.tabular_sample_n)))
     if args.probe_steps:
+        defaults = {"--jit": "auto", "--optimizer": "default", "--stop-on-nan": "on", "--steps-per-execution": 1}
         for m in ("tfflows-maf", "tfflows-nsf"):
             if m in args.models:
-                jobs.append((f"{m} (tfflows defaults)", m, args.sets[:1], args.probe_steps, args.batch_size,
-                             args.hidden, min(args.warmup, args.probe_steps // 2),
-                             ["--jit", "auto", "--optimizer", "default", "--stop-on-nan", "on",
-                              "--steps-per-execution", "1"], probe))
-    for label, m, sets, steps, batch, hidden, warmup, extra, collect in jobs:
-        cmd = worker_cmd(args, m, sets, data_path, steps, batch, hidden, warmup, extra)
+                jobs.append((f"{m} (tfflows defaults)", probe,
+                             (m, args.sets[:1], data_path, args.probe_steps, args.batch_size, args.hidden,
+                              min(args.warmup, args.probe_steps // 2), 0, defaults)))
+    for label, collect, job in jobs:
+        cmd = worker_cmd(args, *job)
         if not os.path.exists(cmd[0]):
             failures[label] = f"interpreter {cmd[0]} not found"
             log(f"# {label}: SKIPPED ({failures[label]})")
             continue
-        log(f"# {label}: {len(sets)} set(s), {steps} steps ({(time.perf_counter() - t_run) / 60:.1f} min into the run)")
+        busy = cpu_busy_fraction(1.0)
+        log(f"# {label}: {len(job[1])} set(s), {job[3]} steps ({(time.perf_counter() - t_run) / 60:.1f} min into "
+            f"the run; CPU busy {_fmt(None if busy is None else 100 * busy, '.0f')} % over the last second)")
+        if busy is not None and busy > 0.10:
+            log("# WARNING: the CPU is not idle before this worker: its timings are contended (with 2 threads "
+                "PyTorch's steps/s drops 3-100x when another process holds a core).")
         out, rc, wall = run_worker(cmd, args.timeout, log)
         for r in out:
             r["process_wall_s"] = round(wall, 1)
+            r["cpu_busy_before"] = busy
             if r.get("set") in data_summary and "entropy" in data_summary[r["set"]]:
                 r["entropy"] = data_summary[r["set"]]["entropy"]
             if "error" in r:
@@ -467,15 +492,11 @@ def main(argv=None):
             failures[label] = f"exit status {rc}, no results"
         log(f"# {label}: done in {wall:.1f} s (exit {rc})")
 
-    all_sets = args.sets + (["digits"] if args.tabular else [])
-    ratios = compare(results, all_sets)
-    tg = targets(results, args.sets)  # the targets are set on the 2-D sets
     info["load_avg_at_end"] = [round(v, 2) for v in os.getloadavg()]
-    report = dict(benchmark="density2d", machine=info, argv=sys.argv[1:] if argv is None else list(argv),
-                  args=vars(args), sets=args.sets, data=data_summary, data_file=os.path.basename(data_path),
-                  results=results, params=param_table(results), ratios=ratios, targets=tg,
-                  target_summary=summarize_targets(tg), probe=probe, failures=failures,
-                  run_minutes=round((time.perf_counter() - t_run) / 60, 2))
+    report = build_report(args, info, data_summary, results, probe, failures,
+                          argv=sys.argv[1:] if argv is None else list(argv),
+                          run_minutes=round((time.perf_counter() - t_run) / 60, 2))
+    report["data_file"] = os.path.basename(data_path)
     md = markdown(report)
     with open(os.path.join(args.out_dir, "density2d.json"), "w") as f:
         json.dump(report, f, indent=1)

@@ -215,20 +215,22 @@ def run_tfp(family, x_train, x_test, args):
 
 
 def run_one(name, set_name, data, args):
-    import keras
+    """Trains `name` on set `set_name` of the npz `data`; returns its result dict."""
     import numpy as np
 
     framework, family = C.MODELS[name]
     x_train, x_test, true_lp, groups = C.load_set(data, set_name)
-    keras.backend.clear_session()
     runner = run_tfflows if framework == "tfflows" else run_tfp
     res, marks, losses, t0, logp, sample = runner(family, x_train, x_test, args)
-    ts = time.perf_counter()
-    s = sample(args.sample_n)  # first call: traces the sampling function
-    sample_first_s = time.perf_counter() - ts
-    ts = time.perf_counter()
-    s = sample(args.sample_n)
-    sample_s = time.perf_counter() - ts
+    sample_s = sample_first_s = bad_samples = None
+    if args.sample_n:
+        ts = time.perf_counter()
+        s = sample(args.sample_n)  # first call: traces the sampling function
+        sample_first_s = round(time.perf_counter() - ts, 3)
+        ts = time.perf_counter()
+        s = sample(args.sample_n)
+        sample_s = round(time.perf_counter() - ts, 4)
+        bad_samples = int((~np.isfinite(s)).any(axis=-1).sum())
     bad = [m[0] for m, v in zip(marks, losses) if not np.isfinite(v)]
     w = min(args.warmup, marks[-1][0])
     first_chunk = next(m for m in marks if m[0] >= w)
@@ -236,8 +238,8 @@ def run_one(name, set_name, data, args):
                steps=marks[-1][0], nan_step=bad[0] if bad else None,
                first_step_s=round(marks[0][1] - t0, 3), first_steps_s=round(first_chunk[1] - t0, 3),
                train_s=round(marks[-1][1] - t0, 2), train_steps_s=C.steps_per_s(marks, args.warmup),
-               sample_s=round(sample_s, 4), sample_first_s=round(sample_first_s, 3), sample_n=args.sample_n,
-               sample_nonfinite=int((~np.isfinite(s)).any(axis=-1).sum()),
+               sample_s=sample_s, sample_first_s=sample_first_s, sample_n=args.sample_n,
+               sample_nonfinite=bad_samples,
                peak_rss_mb=round(C.peak_rss_mb(), 1))
     out.update(res)
     out.update(C.nll_summary(logp, true_lp, groups))
@@ -267,6 +269,7 @@ def main(argv=None):
     rc = 0
     for name in args.models.split(","):
         for set_name in args.sets.split(","):
+            keras.backend.clear_session()  # each (model, set) starts from a clean Keras state
             try:
                 out = run_one(name, set_name, data, args)
             except Exception as e:  # noqa: BLE001  one failure must not lose the other sets

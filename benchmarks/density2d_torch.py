@@ -120,16 +120,19 @@ def run_one(name, set_name, data, args):
         xt = torch.from_numpy(x_test)
         lp = torch.cat([log_prob(xt[i:i + args.eval_batch]) for i in range(0, len(xt), args.eval_batch)])
         lp = lp.double().numpy()
-        s = sample(args.sample_n)  # first call (nothing to compile in eager PyTorch)
-        ts = time.perf_counter()
-        s = sample(args.sample_n)
-        sample_s = time.perf_counter() - ts
+        sample_s, bad_samples = None, None
+        if args.sample_n:
+            s = sample(args.sample_n)  # first call (nothing to compile in eager PyTorch)
+            ts = time.perf_counter()
+            s = sample(args.sample_n)
+            sample_s = round(time.perf_counter() - ts, 4)
+            bad_samples = int((~torch.isfinite(s)).any(dim=-1).sum())
     out = dict(model=name, set=set_name, framework=framework, family=family, params=n_params, dim=dim,
-               steps=len(marks), nan_step=nan_step, first_steps_s=round(marks[min(args.warmup, len(marks)) - 1][1] - t0, 3),
+               steps=len(marks), nan_step=nan_step,
+               first_steps_s=round(marks[min(args.warmup, len(marks)) - 1][1] - t0, 3),
                first_step_s=round(first_s, 3), train_s=round(train_s, 2),
                train_steps_s=C.steps_per_s(marks, args.warmup),
-               sample_s=round(sample_s, 4), sample_n=args.sample_n,
-               sample_nonfinite=int((~torch.isfinite(s)).any(dim=-1).sum()),
+               sample_s=sample_s, sample_n=args.sample_n, sample_nonfinite=bad_samples,
                peak_rss_mb=round(C.peak_rss_mb(), 1))
     out.update(C.nll_summary(lp, true_lp, groups))
     return out

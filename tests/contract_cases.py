@@ -123,6 +123,26 @@ CASES = {
         lambda dt: L.Split(context_shape=(2,), dtype=dt), (2, 4), context_shape=(2,)),
     "Rescale": Case(lambda dt: L.Rescale(2.0, -1.0, dtype=dt), (3, 2, 2, 1), inputs="unit"),
     "LogitTransform": Case(lambda dt: L.LogitTransform(alpha=0.05, dtype=dt), (3, 2, 2, 2), inputs="unit"),
+    # VI flows: the generative direction (latent -> data, `inverse`) is one pass.
+    "Planar": Case(lambda dt: L.Planar(seed=0, dtype=dt), (3, 4), forward="iterative"),
+    "Planar-amortised": Case(
+        lambda dt: L.Planar(context_shape=(2,), dtype=dt), (3, 3), forward="iterative", context_shape=(2,)),
+    "Radial": Case(lambda dt: L.Radial(seed=0, dtype=dt), (3, 4)),
+    "Radial-amortised": Case(lambda dt: L.Radial(context_shape=(2,), dtype=dt), (3, 3), context_shape=(2,)),
+    "Sylvester-orthogonal-m2": Case(lambda dt: L.Sylvester("orthogonal", m=2, seed=0, dtype=dt), (3, 4), forward=None),
+    "Sylvester-orthogonal-m1-amortised": Case(
+        lambda dt: L.Sylvester("orthogonal", m=1, context_shape=(2,), dtype=dt), (3, 3), forward=None,
+        context_shape=(2,)),
+    "Sylvester-householder": Case(
+        lambda dt: L.Sylvester("householder", n_reflections=2, seed=0, dtype=dt), (3, 4), forward=None),
+    "Sylvester-householder-amortised": Case(
+        lambda dt: L.Sylvester("householder", m=2, context_shape=(2,), dtype=dt), (3, 3), forward=None,
+        context_shape=(2,)),
+    "Sylvester-triangular-reverse": Case(
+        lambda dt: L.Sylvester("triangular", reverse=True, seed=0, dtype=dt), (3, 4), forward=None),
+    "Sylvester-triangular-amortised": Case(
+        lambda dt: L.Sylvester("triangular", m=2, context_shape=(2,), dtype=dt), (3, 3), forward=None,
+        context_shape=(2,)),
     "FlowSequence-glow-step": Case(_glow_step, (2, 3, 3, 4)),
     "FlowSequence-multiscale": Case(_multiscale, (2, 4, 4, 1), inputs="unit"),
     "FlowSequence-conditional-multiscale": Case(

@@ -1,4 +1,5 @@
-"""The time-to-quality benchmark's bookkeeping (no framework, no training)."""
+"""The benchmarks' bookkeeping (no framework, no training), plus one few-step
+smoke run of the density benchmark's tfflows worker (`benchmarks/density2d.py`)."""
 
 import os
 import re
@@ -140,3 +141,89 @@ def test_committed_results_are_in_indexed_date_machine_folders():
         assert os.path.isdir(os.path.join(_common.RESULTS_DIR, name)), name
         assert re.match(r"\d{4}-\d{2}-\d{2}-[a-z0-9]+(-[a-z0-9]+)*$", name), name
         assert f"`{name}/`" in index, f"{name} is missing from benchmarks/results/README.md"
+
+
+def test_density2d_trains_a_tfflows_nsf_and_judges_the_targets(tmp_path):
+    """A few steps of the density benchmark's tfflows worker, in this process
+    (no subprocess, no peers), then the driver's ratios, targets and tables."""
+    import math
+
+    from benchmarks import density2d, density2d_tf
+
+    data = str(tmp_path / "d.npz")
+    summary = density2d.make_data(data, ["checkerboard"], n_train=256, n_test=200, seed=0)
+    assert math.isclose(summary["checkerboard"]["entropy"], math.log(32.0))
+    args = density2d_tf.parse_args(["--data", data, "--models", "tfflows-nsf", "--sets", "checkerboard",
+                                    "--steps", "6", "--batch-size", "64", "--lr", "1e-3", "--warmup", "2",
+                                    "--flows", "2", "--hidden", "8", "--bins", "4", "--sample-n", "50",
+                                    "--jit", "off", "--stop-on-nan", "off", "--steps-per-execution", "3"])
+    with np.load(data) as d:
+        mine = density2d_tf.run_one("tfflows-nsf", "checkerboard", d, args)
+    assert mine["steps"] == 6 and mine["params"] > 0 and mine["sample_nonfinite"] == 0
+    assert math.isfinite(mine["test_nll"]) and mine["test_nll_se"] > 0
+    assert math.isclose(mine["gap_to_true"], mine["test_nll"] - math.log(32.0), abs_tol=1e-9)
+    # A made-up peer: 0.01 nats better (within the 0.02 allowed) and twice as fast.
+    peer = dict(mine, model="zuko-nsf", framework="zuko", test_nll=mine["test_nll"] - 0.01,
+                train_steps_s=2 * mine["train_steps_s"])
+    dargs = density2d.parse_args(["--sets", "checkerboard", "--out-dir", str(tmp_path)])
+    report = density2d.build_report(dargs, {"cpu": "test", "cpu_count": 2}, summary, [mine, peer])
+    tg = report["targets"]
+    assert [t["met"] for t in tg["closed_form"]] == [mine["gap_to_true"] <= 0.03]
+    assert tg["vs_best_peer"][0]["best_peer"] == "zuko-nsf" and tg["vs_best_peer"][0]["met"]
+    assert tg["speed"][0]["ratio"] == 0.5 and not tg["speed"][0]["met"]
+    (row,) = report["ratios"]
+    assert row["peer"] == "zuko-nsf" and math.isclose(row["nll_diff"], 0.01)
+    md = density2d.markdown(report)
+    assert "| tfflows-nsf |" in md and "**MISS**" in md and "**MET**" in md
+
+
+def test_energies_fits_a_tfflows_planar_and_judges_the_targets(tmp_path):
+    """The VI benchmark (`benchmarks/energies.py`): the tfflows worker's
+    energies against the float64 formula on the check points, a few steps of
+    its fit in this process (no subprocess, no peers), then the driver's KL,
+    ratios, targets and tables against made-up peers."""
+    import math
+
+    from benchmarks import _energies_common as EC
+    from benchmarks import density2d, energies, energies_tf
+
+    ds = density2d.load_datasets_module()
+    z = EC.check_points(n=512)
+    dumped = energies_tf.dump_energies(z)
+    for name in EC.ENERGIES:
+        ref = -ds._energy_u(name, z[:, 0].astype(np.float64), z[:, 1].astype(np.float64), ds._NumpyOps)
+        rel, _, ok = EC.agreement(dumped[name], ref, ref, energies.ENERGY_TOL)
+        assert ok, (name, rel)
+    assert EC.anneal_beta(0, 0) == 1.0 and EC.anneal_beta(50, 100) == 0.01 + 0.99 * 0.5
+    assert EC.learning_rate(1e-3, 5, 10, "constant") == 1e-3 and EC.learning_rate(1e-3, 10, 10, "cosine") == 0.0
+
+    args = energies_tf.parse_args(["--models", "tfflows-planar", "--energies", "U2", "--flows", "2",
+                                   "--steps", "6", "--batch-size", "64", "--warmup", "2", "--eval-n", "500",
+                                   "--jit", "off"])
+    mine = energies_tf.run_one("tfflows-planar", "U2", 2, args)
+    assert mine["steps"] == 6 and mine["params"] == 14 and mine["nan_step"] is None and mine["train_error"] is None
+    assert mine["eval_n"] == 500 and mine["eval_nonfinite"] == 0
+    assert math.isfinite(mine["elbo"]) and mine["elbo_se"] > 0 and mine["train_steps_s"] > 0
+    # tfflows' own log q against the autodiff Jacobian of the sample map: float32 rounding only.
+    assert mine["log_q_err_max"] < 1e-3 and abs(mine["elbo_own"] - mine["elbo"]) < 1e-4
+    # Made-up peers: normflows-planar 0.5 SE better (within the 2 SE allowed) and twice as fast;
+    # pyro-householder against a failed tfflows run, and far better than it.
+    peer = dict(mine, model="normflows-planar", framework="normflows", elbo=mine["elbo"] + 0.5 * mine["elbo_se"],
+                train_steps_s=2 * mine["train_steps_s"])
+    failed = dict(model="tfflows-householder", energy="U2", flows=2, error="ValueError: boom")
+    other = dict(peer, model="pyro-householder", framework="pyro")
+    dargs = energies.parse_args(["--energies", "U2", "--flows", "2", "--out-dir", str(tmp_path)])
+    assert dargs.steps == 2000 and dargs.batch_size == 256 and dargs.flows == [2]
+    log_z = {"U2": ds.energy_log_z("U2")}
+    report = energies.build_report(dargs, {"cpu": "test", "cpu_count": 2}, log_z, [mine, peer, failed, other])
+    (r,) = [r for r in report["results"] if r["model"] == "tfflows-planar"]
+    assert math.isclose(r["kl"], log_z["U2"] - mine["elbo"]) and r["kl_se"] == mine["elbo_se"]
+    kl = {t["tfflows"]: t for t in report["targets"]["kl"]}
+    speed = {t["tfflows"]: t for t in report["targets"]["speed"]}
+    assert kl["tfflows-planar"]["met"] and math.isclose(kl["tfflows-planar"]["diff"], 0.5 * mine["elbo_se"])
+    assert speed["tfflows-planar"]["ratio"] == 0.5 and not speed["tfflows-planar"]["met"]
+    assert not kl["tfflows-householder"]["met"] and not speed["tfflows-householder"]["met"]
+    (row,) = report["ratios"]
+    assert row["peer"] == "normflows-planar" and math.isclose(row["kl_diff_se"], math.sqrt(2) * mine["elbo_se"])
+    md = energies.markdown(report)
+    assert "| tfflows-planar | 2 | 14 |" in md and "**MISSED**" in md and "**MET**" in md and "FAILED" in md

@@ -8,9 +8,11 @@ import pytest
 
 from tfflows import cli, training
 
+# A constant learning rate (the cosine default is sized to the run's --epochs,
+# and these tests stop and extend runs by changing --epochs).
 TINY = ["--preset", "mnist-tiny", "--steps", "1", "--hidden", "8", "--batch-size", "32",
         "--train-images", "256", "--eval-images", "64", "--verbose", "0",
-        "--warmup-steps", "0", "--lr", "3e-3"]
+        "--warmup-steps", "0", "--lr", "3e-3", "--decay", "none"]
 
 
 def _png_size(path):
@@ -31,7 +33,10 @@ def test_main_job_writes_samples_weights_metrics_and_savedmodel(tmp_path):
     assert metrics["curve"][0]["step"] == 0
     assert metrics["test_bpd"] < metrics["curve"][0]["test_bpd"]  # training helped
     w, h = _png_size(os.path.join(out, "samples.png"))
-    assert (w, h) == (10 * 30 + 2, 3 * 30 + 2)  # 10 samples x 3 temperatures, 28px + 2px padding
+    from tfflows.images import label
+
+    margin = max(label(f"T={t:g}", 28).shape[1] for t in (0.5, 0.7, 1.0)) + 2  # the rows' labels
+    assert (w, h) == (margin + 10 * 30 + 2, 3 * 30 + 2)  # 10 samples x 3 temperatures, 28px + 2px padding
     assert os.path.exists(os.path.join(out, "savedmodel", "1", "saved_model.pb"))
 
 
@@ -134,7 +139,8 @@ def test_resume_without_the_options_continues_the_checkpoints_data_batch_and_sch
     capsys.readouterr()
     cli.main(["train", "--out", out, "--resume", out, "--epochs", "2", "--verbose", "0", "--eval-images", "64",
               "--no-export"])
-    assert "continues the checkpoint's batch_size=16, warmup_steps=0, ema=0.9" in capsys.readouterr().out
+    assert ("continues the checkpoint's preset=mnist-tiny, batch_size=16, lr=0.001, warmup_steps=0, decay=none, "
+            "ema=0.9") in capsys.readouterr().out
     config = json.load(open(os.path.join(out, "config.json")))
     assert (config["batch_size"], config["train_images"], config["ema"], config["warmup_steps"]) == (16, 256, 0.9, 0)
     assert json.load(open(os.path.join(out, "metrics.json")))["step"] == 2 * (256 // 16)
@@ -185,7 +191,10 @@ def test_evaluate_and_sample_commands(tmp_path, capsys):
     assert result["stderr"] > 0 and len(set(result["per_draw"])) >= 2  # the noise draws differ
     png = str(tmp_path / "s.png")
     cli.main(["sample", "--run", out, "--n", "4", "--temperatures", "0,1", "--out", png])
-    assert _png_size(png) == (4 * 30 + 2, 2 * 30 + 2)
+    from tfflows.images import label
+
+    margin = max(label(f"T={t:g}", 28).shape[1] for t in (0, 1)) + 2  # the rows' labels
+    assert _png_size(png) == (margin + 4 * 30 + 2, 2 * 30 + 2)
 
 
 def test_export_command_writes_a_new_version_each_time(tmp_path, capsys):

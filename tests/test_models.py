@@ -297,14 +297,26 @@ def test_fit_that_diverges_restores_the_last_finite_weights():
     x[40] = np.nan  # the third batch of 16 poisons the loss and every gradient
     model.initialize(x[:16])
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    guard = tfflows.StopOnNaN(snapshot_seconds=0)  # a copy after every finite batch
     with pytest.raises(tfflows.TrainingDivergedError, match=r"step 3\. The model's and the optimizer's weights "
-                                                            r"were restored to their last finite values"):
-        model.fit(x, batch_size=16, epochs=1, shuffle=False, verbose=0)
+                                                            r"were restored to their last finite values \(a copy "
+                                                            r"from optimizer step 2"):
+        model.fit(x, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[guard])
+    assert guard.restored_step == 2
     assert all(np.all(np.isfinite(to_np(w))) for w in model.weights)
     assert all(np.all(np.isfinite(to_np(v))) for v in model.optimizer.variables)
     assert np.all(np.isfinite(to_np(model.log_prob(x[:16]))))
     assert np.all(np.isfinite(to_np(model.sample(8, seed=0))))
     assert int(to_np(model.optimizer.iterations)) == 2, "the diverged step's optimizer update was not undone"
+    # With the default (a copy at most every 10 s) the restore goes back to the copy taken at the start.
+    model2 = tfflows.FlowModel([L.ActNorm(), L.AffineCoupling(hidden=4)], data_shape=(4,))
+    model2.initialize(x[:16])
+    model2.compile(optimizer=keras.optimizers.Adam(1e-3))
+    start = [to_np(w).copy() for w in model2.weights]
+    with pytest.raises(tfflows.TrainingDivergedError, match="a copy from optimizer step 0"):
+        model2.fit(x, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for w, s0 in zip(model2.weights, start):
+        np.testing.assert_array_equal(to_np(w), s0)
 
 
 # -- continuous data and contexts --------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_nets_under_jax():
         pytest.skip("already running under JAX")
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install 'jax[cpu]')")
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from conftest import jax_rerun
+
+    returncode, stdout, stderr = jax_rerun("test_nets.py::test_nets_under_jax")
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]

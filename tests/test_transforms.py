@@ -510,19 +510,12 @@ def test_round_trips_and_finiteness_under_jax():
         pytest.skip("already running under JAX")
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed (pip install 'jax[cpu]'), so the JAX pass cannot run")
-    # Most XLA optimisations off: these small graphs compile several times faster.
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1",
-               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-         os.path.join(here, "test_transforms.py"), "-k",
-         "round_trip_is_identity or autodiff or bayesflow721 or nflows87 or reads_its_own or pass_through"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=here,
-    )
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    assert proc.returncode == 0, f"transform checks failed under JAX:\n{tail}"
-    assert " passed" in proc.stdout and "failed" not in proc.stdout.splitlines()[-1], tail
+    from conftest import jax_rerun
+
+    returncode, stdout, stderr = jax_rerun("test_transforms.py::test_round_trips_and_finiteness_under_jax")
+    tail = (stdout + stderr)[-3000:]
+    assert returncode == 0, f"transform checks failed under JAX:\n{tail}"
+    assert " passed" in stdout and "failed" not in stdout.splitlines()[-1], tail
 
 
 @pytest.mark.parametrize("kind", ["spline", "piecewise_linear"])

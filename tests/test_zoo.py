@@ -9,7 +9,7 @@ import pytest
 
 import tfflows
 from conftest import to_np
-from tfflows.zoo import builders
+from tfflows.zoo import builders, presets
 
 
 def test_list_models_covers_every_builder_and_preset():
@@ -95,8 +95,8 @@ def fake_shipped(tmp_path, monkeypatch):
         architecture=dict(builders.PRESETS["glow"]["mnist-tiny"], data_shape=[28, 28, 1], steps=1, hidden=8),
         weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size})
     (tmp_path / "presets.json").write_text(json.dumps(table))
-    monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(builders, "PRESETS_FILE", str(tmp_path / "presets.json"))
+    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(presets, "PRESETS_FILE", str(tmp_path / "presets.json"))
     return model, x, path
 
 
@@ -304,8 +304,8 @@ def test_float16_net_kernels_store_only_the_coupling_kernels_and_load_back(tmp_p
                                               "size_bytes": os.path.getsize(f16)}
     table["glow"]["mnist-tiny"]["architecture"] = {}  # no architecture check here
     (tmp_path / "presets.json").write_text(json.dumps(table))
-    monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(builders, "PRESETS_FILE", str(tmp_path / "presets.json"))
+    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(presets, "PRESETS_FILE", str(tmp_path / "presets.json"))
     shipped = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=64, pretrained=True)
     np.testing.assert_array_equal(to_np(shipped.bits_per_dim(x)), bpd16)
 

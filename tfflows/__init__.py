@@ -1,25 +1,31 @@
 """tfflows: normalizing flows for Keras 3 and TensorFlow.
 
 `FlowModel`, `layers`, `transforms` and `distributions` use keras.ops only and
-run on the TensorFlow and JAX backends. The TF-only parts (`as_bijector`,
-`export`, `zoo.data`) load lazily on first use; on the TensorFlow backend
-`tfflows.distribute` loads with the package, so that `FlowModel.fit` knows
-about `tf.distribute` strategies.
+run on the TensorFlow and JAX backends; `as_bijector`, `export`,
+`distribute` and `zoo.data` are TensorFlow only. Every name loads on first
+use, so `import tfflows` (and the `tfflows` command's `--help` and `list`)
+import neither Keras nor TensorFlow.
+
+Training under `tf.distribute` needs `tfflows.distribute` imported (it
+plugs the strategy-aware `fit` and data-dependent init into `FlowModel`);
+`tfflows.distribute.get_strategy(...)` does that.
 """
 
 import importlib
 
-import keras
-
-from tfflows import distributions, layers, transforms
-from tfflows.models import FlowModel, StopOnNaN, TrainingDivergedError, default_optimizer
-
 from tfflows.version import __version__  # noqa: F401
 
-if keras.backend.backend() == "tensorflow":
-    from tfflows import distribute  # noqa: F401  (registers FlowModel's tf.distribute hooks)
-
 _LAZY = {
+    "FlowModel": ("tfflows.models", "FlowModel"),
+    "StopOnNaN": ("tfflows.models", "StopOnNaN"),
+    "TrainingDivergedError": ("tfflows.models", "TrainingDivergedError"),
+    "default_optimizer": ("tfflows.models", "default_optimizer"),
+    "layers": ("tfflows.layers", None),
+    "transforms": ("tfflows.transforms", None),
+    "distributions": ("tfflows.distributions", None),
+    "datasets": ("tfflows.datasets", None),
+    "vi": ("tfflows.vi", None),
+    "images": ("tfflows.images", None),
     "as_bijector": ("tfflows.bijectors", "as_bijector"),
     "zoo": ("tfflows.zoo", None),
     "export": ("tfflows.export", None),
@@ -37,7 +43,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'tfflows' has no attribute {name!r}")
 
 
-__all__ = [
-    "FlowModel", "StopOnNaN", "TrainingDivergedError", "default_optimizer",
-    "layers", "transforms", "distributions", "as_bijector", "zoo", "export", "distribute",
-]
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

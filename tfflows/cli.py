@@ -6,38 +6,96 @@ metrics and a SavedModel to `./tfflows_out`.
 """
 
 import argparse
+import contextlib
 import json
-import math
 import os
+import re
 import sys
+import threading
 import time
 
+# TensorFlow's C++ start-up log: absl lines (`I0000 00:00:... port.cc:153] oneDNN
+# custom operations are on`, `E0000 ... failed call to cuInit` on a machine
+# without a GPU, ...), written to fd 2 before any setting can silence them.
+TF_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ "
+                      r"\S+:\d+\]|To enable the following instructions:|WARNING: Logging before InitGoogle)")
 
-def _common_model_args(p):
-    p.add_argument("--model", default="glow", choices=["glow", "realnvp", "nice"])
-    p.add_argument("--preset", default=None, help="zoo preset (train default: mnist-tiny)")
-    p.add_argument("--levels", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="glow K per level / realnvp couplings per block")
-    p.add_argument("--hidden", type=int, default=None, help="coupling net width")
+
+@contextlib.contextmanager
+def quiet_tensorflow(pattern=TF_NOISE):
+    """Drops TensorFlow's start-up log lines from this process's stderr (file
+    descriptor 2, so C++ writes too) and passes every other line through.
+
+    A no-op when stderr is not a real file (under pytest's capture, in a
+    notebook).
+    """
+    try:
+        fd = sys.stderr.fileno()
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    saved = os.dup(fd)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    os.close(write_end)
+
+    def pump():
+        with os.fdopen(read_end, "rb") as src, os.fdopen(os.dup(saved), "wb", buffering=0) as dst:
+            for line in src:
+                if not pattern.match(line.decode("utf-8", "replace")):
+                    dst.write(line)
+
+    thread = threading.Thread(target=pump, name="tfflows-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os.dup2(saved, fd)  # the pipe's last write end closes: the pump drains and ends
+            os.close(saved)
+            thread.join(timeout=10)
+
+
+def _common_model_args(p, command):
+    p.add_argument("--model", default="glow", choices=["glow", "realnvp", "nice"],
+                   help="zoo architecture (default: %(default)s)")
+    p.add_argument("--preset", default=None,
+                   help="zoo preset: mnist, mnist-quick, mnist-tiny or cifar10 (see tfflows list; default: "
+                        + ("mnist-quick, the few-minute main job)" if command == "train" else "mnist)"))
+    p.add_argument("--levels", type=int, default=None, help="multi-scale levels (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Glow's K per level, RealNVP's couplings per block, NICE's couplings (default: the preset's)")
+    p.add_argument("--hidden", type=int, default=None, help="coupling net width (default: the preset's)")
     p.add_argument("--preprocess", default=None, choices=["center", "logit"],
                    help="glow only: x - 0.5 (Glow's) or RealNVP's logit transform (default: the preset's)")
     p.add_argument("--arch", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other builder keyword, e.g. --arch lu=False --arch 'data_shape=(8,8,1)'; repeatable")
-    p.add_argument("--run", default=None, help="a `tfflows train` output folder (reads config.json, model.weights.h5)")
-    p.add_argument("--weights", default=None, help="a .weights.h5 file for --model/--preset")
-    p.add_argument("--pretrained", action="store_true", help="use the shipped weights (sha256-checked)")
+                   help="any other builder keyword, e.g. --arch lu=False --arch 'data_shape=(8,8,1)'; "
+                        "repeatable (default: none)")
+    if command != "train":
+        p.add_argument("--run", default=None,
+                       help="a tfflows train output folder: its config.json and model.weights.h5 (default: none)")
+        p.add_argument("--weights", default=None,
+                       help="a .weights.h5 file for --model/--preset, checksum-verified (default: none)")
+        p.add_argument("--pretrained", action="store_true",
+                       help="use the shipped weights of --model/--preset, sha256-checked (default: off)")
     p.add_argument("--backend", default=None, choices=["tensorflow", "jax"],
-                   help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+                   help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="tfflows", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command")
 
-    t = sub.add_parser("train", help="train a flow (no arguments: the few-minute main job)")
-    _common_model_args(t)
+    t = sub.add_parser("train", help="train a flow (no arguments: the few-minute main job)",
+                       description="Train a zoo flow on images within a budget, with resumable checkpoints, "
+                                   "a test-bits/dim learning curve, and a run folder of outputs (--out).")
+    _common_model_args(t, "train")
     t.add_argument("--data", default="mnist",
-                   help="'mnist' (embedded subset), an .npz path, an image folder, or a tfds name")
+                   help="'mnist' (the embedded 8k/2k subset), an .npz path, an image folder, or a "
+                        "tensorflow-datasets name (default: %(default)s)")
     t.add_argument("--test-data", default=None,
                    help="source of the test images for the learning curve and the final test bits/dim "
                         "(default: --data's test split). Training images are never used as test images: "
@@ -46,64 +104,87 @@ def build_parser():
                         "so. 'holdout' holds out the last --eval-images training images instead (not "
                         "trained on; named in the log and metrics.json); an .npz or folder other than "
                         "--data gives its test split, or all its images if it has none")
-    t.add_argument("--epochs", type=int, default=8)
-    t.add_argument("--minutes", type=float, default=None, help="wall-clock training budget for this run")
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up")
-    t.add_argument("--decay", default="none", choices=["none", "cosine"],
-                   help="learning-rate decay over --decay-steps")
-    t.add_argument("--decay-steps", type=int, default=100000)
-    t.add_argument("--clipnorm", type=float, default=100.0, help="global gradient-norm clip")
+    t.add_argument("--epochs", type=int, default=14, help="passes over the training images (default: %(default)s)")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock training budget for this run; stops with a checkpoint (default: none)")
+    t.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (default: %(default)s)")
+    t.add_argument("--warmup-steps", type=int, default=200,
+                   help="linear learning-rate warm-up steps (default: %(default)s)")
+    t.add_argument("--decay", default="cosine", choices=["none", "cosine"],
+                   help="learning-rate decay after the warm-up, to 5%% of --lr (default: %(default)s)")
+    t.add_argument("--decay-steps", type=int, default=None,
+                   help="length of the cosine decay in steps (default: the run's steps after the warm-up)")
+    t.add_argument("--clipnorm", type=float, default=100.0, help="global gradient-norm clip (default: %(default)s)")
     t.add_argument("--ema", type=float, default=None, metavar="MOMENTUM",
                    help="keep a moving average of the weights (e.g. 0.999): the curve evaluates it "
-                        "and the written weights are the average")
-    t.add_argument("--n-bits", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="tfflows_out", help="output folder")
-    t.add_argument("--resume", default=None, metavar="DIR", help="resume from DIR/checkpoints (a previous --out)")
+                        "and the written weights are the average (default: off)")
+    t.add_argument("--n-bits", type=int, default=8, help="bits per pixel kept, 1-8 (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and init (default: %(default)s)")
+    t.add_argument("--out", default="tfflows_out",
+                   help="the run folder: weights, config, metrics, samples, checkpoints, SavedModel "
+                        "(default: %(default)s)")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR from its last checkpoint, with its training config (default: none)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (its weights, config, metrics, samples, "
-                        "checkpoints and SavedModel); without it such a folder is refused")
-    t.add_argument("--init-from", default=None, help="start from a .weights.h5 file or 'pretrained'")
-    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    t.add_argument("--eval-minutes", type=float, default=2.0, help="test bits/dim period for the curve")
-    t.add_argument("--eval-images", type=int, default=2000)
-    t.add_argument("--train-images", type=int, default=None, help="use only the first N training images")
-    t.add_argument("--jit", default="auto", choices=["auto", "on", "off"])
-    t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"])
+                        "checkpoints and SavedModel); without it such a folder is refused (default: off)")
+    t.add_argument("--init-from", default=None,
+                   help="start from a .weights.h5 file, or 'pretrained' for the shipped weights (default: none)")
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0,
+                   help="minutes between checkpoints (default: %(default)s)")
+    t.add_argument("--eval-minutes", type=float, default=2.0,
+                   help="training minutes between points of the test-bits/dim curve (default: %(default)s)")
+    t.add_argument("--eval-images", type=int, default=2000,
+                   help="test images for the curve and the final figure (default: %(default)s)")
+    t.add_argument("--train-images", type=int, default=None, help="use only the first N training images (default: all)")
+    t.add_argument("--jit", default="auto", choices=["auto", "on", "off"],
+                   help="XLA-compile the train step (default: %(default)s, Keras' choice)")
+    t.add_argument("--strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"],
+                   help="tf.distribute strategy (default: %(default)s, one device)")
     t.add_argument("--dtype", default="auto", choices=["auto", "float32", "mixed_bfloat16"],
                    help="mixed_bfloat16: coupling nets in bfloat16; weights, log-dets and loss float32. "
                         "auto (default): mixed_bfloat16 on the TF backend on a CPU with AVX512_BF16/AMX "
-                        "(1.2-1.7x faster there, benchmarks/README.md), else float32")
-    t.add_argument("--no-export", action="store_true", help="skip writing the SavedModel")
-    t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+                        "(faster there, benchmarks/README.md), else float32")
+    t.add_argument("--no-export", action="store_true", help="skip writing the SavedModel (default: off)")
+    t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                   help="0 quiet, 1 progress bar (one line per epoch when not on a terminal), "
+                        "2 one line per epoch (default: %(default)s)")
 
-    e = sub.add_parser("evaluate", help="test bits/dim over several dequantization draws")
-    _common_model_args(e)
-    e.add_argument("--data", default="mnist")
-    e.add_argument("--split", default="test")
-    e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--draws", type=int, default=4)
-    e.add_argument("--seed", type=int, default=1234)
-    e.add_argument("--json", action="store_true", help="print one JSON line only")
+    e = sub.add_parser("evaluate", help="test bits/dim over several dequantization draws",
+                       description="Bits/dim of a model on a split, averaged over uniform dequantization draws, "
+                                   "with the standard error over images.")
+    _common_model_args(e, "evaluate")
+    e.add_argument("--data", default="mnist",
+                   help="'mnist' (embedded subset), an .npz path or an image folder (default: %(default)s)")
+    e.add_argument("--split", default="test", help="split of --data (default: %(default)s)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
+    e.add_argument("--draws", type=int, default=4, help="dequantization noise draws (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=1234, help="seed of the noise (default: %(default)s)")
+    e.add_argument("--json", action="store_true", help="print one JSON line only (default: off)")
 
-    s = sub.add_parser("sample", help="sample a grid at several temperatures")
-    _common_model_args(s)
-    s.add_argument("--n", type=int, default=10, help="samples per temperature")
-    s.add_argument("--temperatures", default="0.5,0.7,1.0")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="samples.png")
+    s = sub.add_parser("sample", help="sample a grid at several temperatures",
+                       description="A PNG grid of samples, one row per temperature, labelled.")
+    _common_model_args(s, "sample")
+    s.add_argument("--n", type=int, default=10, help="samples per temperature (default: %(default)s)")
+    s.add_argument("--temperatures", default="0.5,0.7,1.0",
+                   help="comma-separated temperatures, one row each (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the first row; row i uses seed + i (default: %(default)s)")
+    s.add_argument("--out", default="samples.png", help="PNG file to write (default: %(default)s)")
 
-    x = sub.add_parser("export", help="write a SavedModel for TF Serving")
-    _common_model_args(x)
+    x = sub.add_parser("export", help="write a SavedModel for TF Serving",
+                       description="A SavedModel for TF Serving in --out/<version>/ (signatures: docs/serving.md).")
+    _common_model_args(x, "export")
     x.add_argument("--keras", default=None, metavar="PATH",
-                   help="a whole saved model (.keras, loaded in Keras' safe mode) instead of --run/--weights")
-    x.add_argument("--out", required=True, help="SavedModel base folder (a version folder goes inside)")
-    x.add_argument("--version", type=int, default=None, help="version folder (default: next free)")
-    x.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+                   help="a whole saved model (.keras, loaded in Keras' safe mode) instead of --run/--weights "
+                        "(default: none)")
+    x.add_argument("--out", required=True, help="SavedModel base folder (a version folder goes inside; required)")
+    x.add_argument("--version", type=int, default=None, help="version folder (default: the next free number)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing version folder (default: off)")
 
-    sub.add_parser("list", help="list zoo models and presets")
+    sub.add_parser("list", help="list zoo models and presets: builder call, CLI flags, shipped weights",
+                   description="Every zoo model and preset: its Python call, its CLI flags, whether weights "
+                               "ship and their measured test bits/dim.")
     return parser
 
 
@@ -250,12 +331,32 @@ def cmd_export(args):
          f"--model_base_path={os.path.abspath(args.out)} --rest_api_port=8501")
 
 
-def cmd_list(args):
-    from tfflows.zoo import list_models
+VECTOR_BUILDERS = (
+    ("tfflows.zoo.maf(dim, flows=5, hidden=(64, 64), context_dim=None)", "MAF for vectors"),
+    ("tfflows.zoo.iaf(dim, flows=5, hidden=(64, 64), context_dim=None)", "IAF for vectors"),
+    ("tfflows.zoo.nsf(dim, kind='coupling', flows=5, bins=8)", "neural spline flow for vectors"),
+    ("tfflows.zoo.realnvp(data_shape=(dim,))", "RealNVP for vectors"),
+)
 
-    for row in list_models():
-        bpd = "" if row["test_bpd"] is None else f"  test bpd {row['test_bpd']:.4f}"
-        print(f"{row['name']:22s} {json.dumps(row['architecture'])}{bpd}")
+
+def cmd_list(args):
+    from tfflows.zoo.presets import list_models
+
+    rows = list_models()
+    width = max(len(r["call"]) for r in rows)
+    flags = max(len(r["flags"]) for r in rows)
+    print(f"{'Python':{width}s}  {'tfflows CLI':{flags}s}  weights and measured test bits/dim")
+    for row in rows:
+        if row["pretrained"]:
+            what = (f"shipped: {row['test_bpd']:.4f} ± {row['test_bpd_stderr']:.4f} bits/dim on MNIST's 10k "
+                    f"test images (card: {row['card']})")
+        else:
+            what = "no weights ship (train with tfflows train)"
+        print(f"{row['call']:{width}s}  {row['flags']:{flags}s}  {what}")
+    print()
+    print("Vector flows (no presets, Python only; see docs/vectors.md):")
+    for call, what in VECTOR_BUILDERS:
+        print(f"  {call:{width}s}  {what}")
 
 
 # The user's input, not a tfflows bug: bad options or values (ValueError,
@@ -309,11 +410,12 @@ def main(argv=None):
         os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     commands = dict(train=cmd_train, evaluate=cmd_evaluate, sample=cmd_sample, export=cmd_export, list=cmd_list)
-    from tfflows.recipe import UsageError
+    from tfflows.errors import UsageError
 
     try:
         try:
-            rc = commands[args.command](args)
+            with quiet_tensorflow():
+                rc = commands[args.command](args)
         except UsageError as err:  # a refusal of the options: like argparse's, SystemExit(2)
             raise SystemExit(f"tfflows: {err}") from None
     except SystemExit as err:

@@ -8,6 +8,7 @@ negative log-likelihood in nats per example.
 
 import math
 import numbers
+import time
 
 import keras
 import numpy as np
@@ -24,23 +25,29 @@ class TrainingDivergedError(RuntimeError):
 class StopOnNaN(keras.callbacks.Callback):
     """Stops training with `TrainingDivergedError` at the first non-finite loss.
 
-    On by default in `FlowModel.fit` (`stop_on_nan=True`). Before each batch
-    it copies the model's and the optimizer's variables (for a 3M-parameter
-    Glow, about 38 MB and well under 1 % of a CPU train step); when a
-    batch's loss is NaN or infinite it puts those last finite values back, so the model is left as it was before the
-    step that diverged, not full of NaN. The message names the epoch and the
-    step and says that the weights were restored. Checkpoints written before
-    that step are left untouched.
+    On by default in `FlowModel.fit` (`stop_on_nan=True`). It keeps a copy of
+    the model's and the optimizer's variables, taken when training starts and
+    then after a batch with a finite loss once `snapshot_seconds` have passed
+    since the last copy (so the copies cost well under 1 % of training). When
+    a batch's loss is NaN or infinite it puts the last copy back, so the
+    model is left with finite weights from before the divergence, not full of
+    NaN, and the message names the step they are from. Checkpoints written
+    before that step are left untouched.
 
     Args:
         restore: put the last finite weights back. Defaults to `True`.
+        snapshot_seconds: the most training time a restore can lose.
+            Defaults to 10; 0 copies after every batch.
     """
 
-    def __init__(self, restore=True):
+    def __init__(self, restore=True, snapshot_seconds=10.0):
         super().__init__()
         self._epoch = 0
         self.restore = bool(restore)
+        self.snapshot_seconds = float(snapshot_seconds)
         self._snapshot = None
+        self._snapshot_time = 0.0
+        self.restored_step = None  # the optimizer step of the weights put back, after a divergence
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -52,23 +59,32 @@ class StopOnNaN(keras.callbacks.Callback):
             variables += list(opt.variables)
         return variables
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def _take_snapshot(self):
+        # Copies of the values (on TensorFlow, convert_to_tensor would hand
+        # back the variable itself).
+        self._snapshot = [(v, ops.copy(v.value)) for v in self._variables()]
+        opt = getattr(self.model, "optimizer", None)
+        self._snapshot_step = int(ops.convert_to_numpy(opt.iterations)) if opt is not None else None
+        self._snapshot_time = time.monotonic()
+
+    def on_train_begin(self, logs=None):
         if self.restore:
-            # A copy of each variable's value (on TensorFlow, convert_to_tensor
-            # would hand back the variable itself).
-            self._snapshot = [(v, ops.copy(v.value)) for v in self._variables()]
+            self._take_snapshot()
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
+            if self.restore and time.monotonic() - self._snapshot_time >= self.snapshot_seconds:
+                self._take_snapshot()
             return
         self.model.stop_training = True
         restored = ""
         if self.restore and self._snapshot is not None:
             for v, value in self._snapshot:
                 v.assign(value)
-            restored = (" The model's and the optimizer's weights were restored to their last finite "
-                        "values (before this step).")
+            self.restored_step = self._snapshot_step
+            restored = (f" The model's and the optimizer's weights were restored to their last finite values "
+                        f"(a copy from optimizer step {self._snapshot_step}, before the divergence).")
         raise TrainingDivergedError(
             f"Training diverged: loss became {float(loss)} at epoch {self._epoch + 1}, "
             f"step {batch + 1}.{restored} Lower the learning rate (or add warm-up / gradient "
@@ -480,6 +496,33 @@ class FlowModel(keras.Model):
         return fn
 
     # -- Keras training ---------------------------------------------------------
+    def _strategy_hooks(self):
+        """`tfflows.distribute`'s hooks, or `None` without them.
+
+        Under `MultiWorkerMirroredStrategy` or `TPUStrategy` they are needed
+        (Keras 3's own `fit` fails there, keras-team/keras#20585, and the init
+        must gather the global batch), so this refuses without them; under
+        `MirroredStrategy` Keras' `fit` and a plain init are correct.
+        """
+        hooks = _STRATEGY_HOOKS.get("hooks")
+        if hooks is None and keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # TF-only; lazy so models.py stays backend-agnostic
+
+            strategy = getattr(self, "distribute_strategy", None) or tf.distribute.get_strategy()
+            if isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)):
+                raise RuntimeError(
+                    f"FlowModel '{self.name}' was built under {type(strategy).__name__}: import "
+                    f"tfflows.distribute first (tfflows.distribute.get_strategy(...) does), so that fit and "
+                    f"the data-dependent init run correctly there.")
+        return hooks
+
+    def _strategy_scope(self):
+        """The scope of the strategy the model's variables live in (TF), else a no-op."""
+        import contextlib
+
+        strategy = getattr(self, "distribute_strategy", None)
+        return strategy.scope() if strategy is not None and hasattr(strategy, "scope") else contextlib.nullcontext()
+
     def _unpack(self, inputs):
         if isinstance(inputs, dict):
             return inputs["x"], inputs.get("context")
@@ -543,7 +586,7 @@ class FlowModel(keras.Model):
         activations that reach it. Returns the batch's mean loss (bits/dim,
         or nats for continuous data) after initialisation.
         """
-        hooks = _STRATEGY_HOOKS.get("hooks")
+        hooks = self._strategy_hooks()
         if hooks is not None and hooks.is_distributed(self):
             # Under tf.distribute: global-batch init, identical on every replica.
             return hooks.initialize(self, batch, context=context)
@@ -594,13 +637,12 @@ class FlowModel(keras.Model):
         the same arguments and callbacks.
         """
         x, y = self._as_keras_inputs(x, y)
-        hooks = _STRATEGY_HOOKS.get("hooks")
-        if hooks is not None:
-            if hooks.uses_custom_loop(self):
-                return hooks.fit(self, x, y, *args, stop_on_nan=stop_on_nan, callbacks=callbacks, **kwargs)
-            if getattr(self, "optimizer", None) is None:  # optimizer variables: mirrored too
-                with hooks.scope(self):
-                    self.compile()
+        hooks = self._strategy_hooks()
+        if hooks is not None and hooks.uses_custom_loop(self):
+            return hooks.fit(self, x, y, *args, stop_on_nan=stop_on_nan, callbacks=callbacks, **kwargs)
+        if getattr(self, "optimizer", None) is None:  # optimizer variables: mirrored too
+            with (hooks.scope(self) if hooks is not None else self._strategy_scope()):
+                self.compile()
         if self.needs_initialization:
             self.initialize(_first_batch(x, kwargs.get("batch_size")))
         if hasattr(x, "element_spec"):  # tf.data: already shuffled by its pipeline

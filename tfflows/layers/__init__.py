@@ -10,6 +10,7 @@ from tfflows.layers.nets import ConvNet, DenseNet, conditioner_input
 from tfflows.layers.normalization import ActNorm, DiagonalScaling
 from tfflows.layers.preprocess import LogitTransform, Rescale
 from tfflows.layers.reshape import Reshape, Split, Squeeze, Unsqueeze
+from tfflows.layers.vi import Planar, Radial, Sylvester
 
 __all__ = [
     "LAYER_REGISTRY", "FactorOut", "FlowLayer", "FlowSequence", "event_size", "sum_except_batch",
@@ -20,4 +21,5 @@ __all__ = [
     "ConvNet", "DenseNet", "conditioner_input",
     "ActNorm", "DiagonalScaling", "LogitTransform", "Rescale",
     "Reshape", "Split", "Squeeze", "Unsqueeze",
+    "Planar", "Radial", "Sylvester",
 ]

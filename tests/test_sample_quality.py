@@ -1,0 +1,43 @@
+"""The digit classifier behind the "recognisable samples" figures."""
+
+import numpy as np
+import pytest
+
+import tfflows
+from tfflows import sample_quality as sq
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    d = np.load(tfflows.zoo.data.EMBEDDED)
+    clf = sq.train_digit_classifier(d["x_train"], d["y_train"], epochs=3)
+    return clf, d
+
+
+def test_classifier_is_accurate_on_the_embedded_test_images(classifier):
+    clf, d = classifier
+    accuracy = sq.classifier_accuracy(clf, d["x_test"], d["y_test"])
+    assert accuracy >= 0.95, f"classifier test accuracy {accuracy:.4f}"
+
+
+def test_real_digits_are_recognisable_and_noise_is_not(classifier):
+    clf, d = classifier
+    real, _ = sq.recognisable(clf, d["x_test"][:500])
+    noise, _ = sq.recognisable(clf, np.random.default_rng(0).uniform(size=(500, 28, 28, 1)))
+    assert real >= 0.8 and noise <= 0.1, (real, noise)  # 86 % and 3 % when written
+
+
+@pytest.mark.slow  # about a minute: samples of the 3.1M-parameter Glow
+@pytest.mark.large
+def test_shipped_glow_samples_at_t07_are_mostly_recognisable(classifier):
+    clf, _ = classifier
+    model = tfflows.zoo.glow(preset="mnist", pretrained=True)
+    samples = np.concatenate([np.asarray(model.sample(100, temperature=0.7, seed=i)) for i in range(2)])
+    share, counts = sq.recognisable(clf, samples)
+    assert share >= 0.25, (share, counts)
+    assert sum(c > 0 for c in counts) >= 8, counts  # most classes appear
+
+
+def test_bad_probabilities_raise():
+    with pytest.raises(ValueError, match=r"takes \(N, classes\) probabilities"):
+        sq.fraction_recognisable(np.zeros((0, 10)))

@@ -21,6 +21,7 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient", reason="nbclient is a test extra")
     monkeypatch.setenv("TFFLOWS_NOTEBOOK_STEPS", "20" if name == "quickstart.ipynb" else "30")
     monkeypatch.setenv("TFFLOWS_NOTEBOOK_KS", "2")  # energies.ipynb: K = 2 only (K = 32 takes minutes to trace)
+    monkeypatch.setenv("TFFLOWS_NOTEBOOK_ENERGIES", "U2")  # and one energy: 5 fits, not 20
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()

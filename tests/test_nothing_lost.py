@@ -104,6 +104,18 @@ def test_train_refuses_an_out_folder_that_holds_another_run(tmp_path, capsys):
     assert "--overwrite would delete the run" in _one_error_line(capsys, "train")
 
 
+def test_resume_without_out_writes_the_outputs_into_the_resumed_run(tmp_path, monkeypatch):
+    # --out defaults to the --resume folder: the resumed run's weights, config and
+    # metrics land beside its checkpoints, not in a tfflows_out/ of the current directory.
+    monkeypatch.chdir(tmp_path)
+    run = str(tmp_path / "run")
+    assert _main(["train", "--out", run, "--epochs", "1", *TINY]) == 0
+    steps_before = json.load(open(os.path.join(run, "metrics.json")))["step"]
+    assert _main(["train", "--resume", run, "--epochs", "2", *TINY]) == 0
+    assert not os.path.exists(tmp_path / "tfflows_out")
+    assert json.load(open(os.path.join(run, "metrics.json")))["step"] > steps_before
+
+
 # -- 2. non-finite images are never returned silently -------------------------------------------
 def test_exported_sample_and_decode_fail_instead_of_returning_nan(tmp_path):
     import tensorflow as tf

@@ -121,9 +121,9 @@ def build_parser():
                         "and the written weights are the average (default: off)")
     t.add_argument("--n-bits", type=int, default=8, help="bits per pixel kept, 1-8 (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed of the data order, noise and init (default: %(default)s)")
-    t.add_argument("--out", default="tfflows_out",
+    t.add_argument("--out", default=None,
                    help="the run folder: weights, config, metrics, samples, checkpoints, SavedModel "
-                        "(default: %(default)s)")
+                        "(default: the --resume folder, else tfflows_out)")
     t.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run in DIR from its last checkpoint, with its training config (default: none)")
     t.add_argument("--overwrite", action="store_true",

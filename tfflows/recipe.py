@@ -68,7 +68,7 @@ class TrainOptions:
     ema: Optional[float] = None
     n_bits: int = 8
     seed: int = 0
-    out: str = "tfflows_out"
+    out: Optional[str] = None  # None: the resumed run's folder, else "tfflows_out"
     resume: Optional[str] = None
     overwrite: bool = False
     init_from: Optional[str] = None
@@ -81,6 +81,11 @@ class TrainOptions:
     dtype: str = "auto"
     no_export: bool = False
     verbose: int = 1
+
+    def __post_init__(self):
+        # A resumed run writes its outputs into its own folder unless told otherwise.
+        if self.out is None:
+            self.out = self.resume or "tfflows_out"
 
 
 def write_json(path, obj):

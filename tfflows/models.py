@@ -71,6 +71,15 @@ class StopOnNaN(keras.callbacks.Callback):
         if self.restore:
             self._take_snapshot()
 
+    def _restore_snapshot(self):
+        """Puts the last finite snapshot back (if `restore` and one was taken); True when it did."""
+        if not self.restore or self._snapshot is None:
+            return False
+        for v, value in self._snapshot:
+            v.assign(value)
+        self.restored_step = self._snapshot_step
+        return True
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
@@ -79,10 +88,7 @@ class StopOnNaN(keras.callbacks.Callback):
             return
         self.model.stop_training = True
         restored = ""
-        if self.restore and self._snapshot is not None:
-            for v, value in self._snapshot:
-                v.assign(value)
-            self.restored_step = self._snapshot_step
+        if self._restore_snapshot():
             restored = (f" The model's and the optimizer's weights were restored to their last finite values "
                         f"(a copy from optimizer step {self._snapshot_step}, before the divergence).")
         raise TrainingDivergedError(

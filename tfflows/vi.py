@@ -259,10 +259,7 @@ class _Watch(StopOnNaN):
         if bad:
             self.model.stop_training = True
             restored = ""
-            if self._snapshot is not None:
-                for v, value in self._snapshot:
-                    v.assign(value)
-                self.restored_step = self._snapshot_step
+            if self._restore_snapshot():
                 restored = (f" The weights were restored to a copy from optimizer step {self._snapshot_step}, "
                             f"before it.")
             raise ValueError(

@@ -189,6 +189,23 @@ def test_sylvester_log_det_uses_the_orthonormality_of_q_in_float64():
 
 
 # -- argument and shape errors ----------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: Planar(seed=0, context_shape=(3,)),
+    lambda: Radial(seed=0, context_shape=(3,)),
+    lambda: Sylvester(kind="orthogonal", seed=0, context_shape=(3,)),
+    lambda: Sylvester(kind="householder", seed=0, context_shape=(3,)),
+    lambda: Sylvester(kind="triangular", seed=0, context_shape=(3,)),
+], ids=["planar", "radial", "o-snf", "h-snf", "t-snf"])
+def test_an_amortised_layer_is_finite_for_a_zero_context(make):
+    # A zero context (an ELU/ReLU encoder's output for an all-zero image)
+    # leaves only the amortisation bias; it starts at the free layer's
+    # initial values, so w, Q and the reflection vectors are not zero.
+    layer = make()
+    z = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    x, log_det = layer.inverse(z, context=np.zeros((5, 3), "float32"))
+    assert np.all(np.isfinite(to_np(x))) and np.all(np.isfinite(to_np(log_det)))
+
+
 def test_sylvester_m_larger_than_the_dimension_raises():
     with pytest.raises(ValueError, match=r"m <= D.*m=5 for inputs of D=3"):
         Sylvester("orthogonal", m=5).inverse(np.zeros((2, 3), "float32"))

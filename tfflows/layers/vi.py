@@ -270,7 +270,14 @@ class _AmortisedFlow(FlowLayer):
             sizes = [int(np.prod(s)) for s in self._shapes.values()]
             # The amortisation net: one linear map from the context (the
             # encoder's output) to every parameter, as in the Sylvester VAE.
-            self.params = keras.layers.Dense(sum(sizes), name="params", dtype=self.dtype_policy)
+            # Its bias starts at the free layer's initial values, so a zero
+            # context gives a well-defined layer (a zero bias would give the
+            # planar w, the O-SNF Q and the reflection vectors all zero, and
+            # they are normalised by their norm).
+            values = self._initial_values(d, _seeded_rng(self.seed))
+            bias = np.concatenate([np.reshape(values[name], (-1,)) for name in self._shapes])
+            self.params = keras.layers.Dense(sum(sizes), name="params", dtype=self.dtype_policy,
+                                             bias_initializer=_constant(bias))
             self.params.build((None, event_size((None,) + self.context_shape)))
 
     def _raw(self, context, like):

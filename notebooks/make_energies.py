@@ -12,11 +12,7 @@ that it runs (tracing the K = 32 models takes minutes on a
 loaded CPU).
 """
 
-import os
-import re
-import sys
-
-import nbformat as nbf
+from _build import write_notebook
 
 cells = [
     ("md", """# Variational inference on the 2-D energies of Rezende & Mohamed
@@ -166,27 +162,4 @@ plt.legend(fontsize=8)
 plt.show()"""),
 ]
 
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "energies.ipynb")
-# TensorFlow's C++ start-up log (absl) reaches the kernel's stderr before any
-# setting can silence it; it is noise in a stored notebook.
-NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|To enable the following)")
-if "--execute" in sys.argv:
-    import nbclient
-
-    nbclient.NotebookClient(nb, timeout=7200, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.dirname(out)}}).execute()
-    for cell in nb.cells:
-        kept = []
-        for o in cell.get("outputs", []):
-            if o.get("output_type") == "stream" and o.get("name") == "stderr":
-                o["text"] = "".join(line for line in o["text"].splitlines(True) if not NOISE.match(line))
-                if not o["text"].strip():
-                    continue
-            kept.append(o)
-        if cell.cell_type == "code":
-            cell.outputs = kept
-nbf.write(nb, out)
-print("wrote", out)
+write_notebook(cells, "energies.ipynb", timeout=7200)

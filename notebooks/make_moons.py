@@ -7,11 +7,7 @@ the outputs, less TensorFlow's start-up log lines on stderr. The test suite
 executes it with TFFLOWS_NOTEBOOK_STEPS=30.
 """
 
-import os
-import re
-import sys
-
-import nbformat as nbf
+from _build import write_notebook
 
 cells = [
     ("md", """# Two moons with a conditional neural spline flow
@@ -113,27 +109,4 @@ plt.show()
 print("samples finite:", bool(np.isfinite(s).all()))"""),
 ]
 
-nb = nbf.v4.new_notebook()
-nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "moons.ipynb")
-# TensorFlow's C++ start-up log (absl) reaches the kernel's stderr before any
-# setting can silence it; it is noise in a stored notebook.
-NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d|To enable the following)")
-if "--execute" in sys.argv:
-    import nbclient
-
-    nbclient.NotebookClient(nb, timeout=1800, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.dirname(out)}}).execute()
-    for cell in nb.cells:
-        kept = []
-        for o in cell.get("outputs", []):
-            if o.get("output_type") == "stream" and o.get("name") == "stderr":
-                o["text"] = "".join(line for line in o["text"].splitlines(True) if not NOISE.match(line))
-                if not o["text"].strip():
-                    continue
-            kept.append(o)
-        if cell.cell_type == "code":
-            cell.outputs = kept
-nbf.write(nb, out)
-print("wrote", out)
+write_notebook(cells, "moons.ipynb", timeout=1800)

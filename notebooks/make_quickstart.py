@@ -4,11 +4,7 @@ keeps the outputs, less TensorFlow's start-up log lines on stderr.
     .venv/bin/python notebooks/make_quickstart.py --execute
 """
 
-import os
-import re
-import sys
-
-import nbformat as nbf
+from _build import write_notebook
 
 cells = [
     ("md", """# tfflows quickstart: a Glow on MNIST in a few CPU minutes
@@ -79,28 +75,4 @@ for j in range(8):
 plt.show()"""),
 ]
 
-nb = nbf.v4.new_notebook()
-nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src) for kind, src in cells]
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.ipynb")
-# TensorFlow's C++ start-up log (absl) reaches the kernel's stderr before any
-# setting can silence it; it is noise in a stored notebook.
-NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d+|To enable the following)")
-if "--execute" in sys.argv:
-    import nbclient
-
-    nbclient.NotebookClient(nb, timeout=1800, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.dirname(out)}}).execute()
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        kept = []
-        for o in cell.get("outputs", []):
-            if o.get("output_type") == "stream" and o.get("name") == "stderr":
-                o["text"] = "".join(line for line in o["text"].splitlines(True) if not NOISE.match(line))
-                if not o["text"].strip():
-                    continue
-            kept.append(o)
-        cell.outputs = kept
-nbf.write(nb, out)
-print("wrote", out)
+write_notebook(cells, "quickstart.ipynb", timeout=1800)

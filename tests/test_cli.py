@@ -197,6 +197,7 @@ def test_evaluate_and_sample_commands(tmp_path, capsys):
     assert _png_size(png) == (margin + 4 * 30 + 2, 2 * 30 + 2)
 
 
+@pytest.mark.slow
 def test_export_command_writes_a_new_version_each_time(tmp_path, capsys):
     out = str(tmp_path / "run")
     cli.main(["train", "--out", out, "--epochs", "1", *TINY, "--no-export"])

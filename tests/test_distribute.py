@@ -234,6 +234,7 @@ def test_multiworker_matches_single_device(multiworker_run):
     np.testing.assert_allclose(r0["history"]["loss"], ref["history"]["loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(multiworker_run, tmp_path):
     out, ckpt = tmp_path / "run", tmp_path / "ckpt"
     os.makedirs(out)

@@ -661,6 +661,7 @@ np.savez(arrays, x=x, before=before, after=after, loss=np.asarray(history["loss"
 '''
 
 
+@pytest.mark.slow
 def test_export_of_a_model_trained_under_mirrored_strategy(tmp_path):
     script = tmp_path / "train_mirrored.py"
     script.write_text(MIRRORED_TRAINING)

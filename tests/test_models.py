@@ -141,6 +141,7 @@ def test_fit_initializes_on_first_batch_and_lowers_bpd():
     np.testing.assert_allclose(hist.history["loss"], hist.history["bpd"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_short_fit_on_real_mnist_lowers_bits_per_dim(mnist_npz):
     from tfflows.zoo import data
 
@@ -233,6 +234,7 @@ def test_sample_raises_naming_rows_and_temperature_when_the_inverse_overflows():
     assert np.all(np.isfinite(to_np(model.sample(16, temperature=1e-3, seed=0))))
 
 
+@pytest.mark.slow
 @pytest.mark.large
 def test_shipped_glow_never_returns_nan_samples_silently():
     model = tfflows.zoo.glow(preset="mnist", pretrained=True)

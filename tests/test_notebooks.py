@@ -15,7 +15,9 @@ CHECKS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CHECKS))
+# quickstart runs by default; the other two (about 40 s together) with -m slow.
+@pytest.mark.parametrize("name", [n if n == "quickstart.ipynb" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CHECKS)])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is a test extra")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is a test extra")

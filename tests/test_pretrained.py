@@ -19,7 +19,8 @@ def test_shipped_weights_fit_the_size_budget():
 
 
 @pytest.mark.large
-@pytest.mark.parametrize("key", SHIPPED)
+@pytest.mark.parametrize("key", [k if not k.startswith("glow") else pytest.param(k, marks=pytest.mark.slow)
+                                 for k in SHIPPED])  # the Glow's 4 draws take 45 s; its 1e-6 check below stays
 def test_shipped_model_loads_and_matches_its_card(key):
     entry = builders.read_manifest()[key]
     assert builders.sha256_file(builders.verified_weights_path(key)) == entry["sha256"]

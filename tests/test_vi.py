@@ -404,6 +404,7 @@ def test_energy_errors():
         datasets.energy_log_z("u1")
 
 
+@pytest.mark.slow
 # -- JAX ---------------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
                     reason="this test launches the JAX run")

@@ -25,6 +25,8 @@ _LAZY = {
     "distributions": ("tfflows.distributions", None),
     "datasets": ("tfflows.datasets", None),
     "vi": ("tfflows.vi", None),
+    "apps": ("tfflows.apps", None),
+    "optimizers": ("tfflows.optimizers", None),
     "images": ("tfflows.images", None),
     "as_bijector": ("tfflows.bijectors", "as_bijector"),
     "zoo": ("tfflows.zoo", None),

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfflows import distributions
+from tfflows import distributions, optimizers
 from tfflows.layers.base import FlowLayer, FlowSequence, concrete_value, event_size
 
 
@@ -101,6 +101,9 @@ class StopOnNaN(keras.callbacks.Callback):
 def default_optimizer(learning_rate=1e-3, clipnorm=100.0, dims=None, epsilon=1e-8, ema_momentum=None):
     """Adam with global-norm gradient clipping: the tfflows training default.
 
+    The Adam is `tfflows.optimizers.Adam`: Keras' Adam with one fused update
+    op per variable on TensorFlow (a first training step about half as long).
+
     `FlowModel` minimises bits/dim, `NLL / (dims * ln 2)` plus a constant, so
     its gradients are `dims * ln 2` times smaller than those of the per-example
     NLL that PyTorch and TFP users minimise (543x for MNIST). Adam is blind to
@@ -124,7 +127,7 @@ def default_optimizer(learning_rate=1e-3, clipnorm=100.0, dims=None, epsilon=1e-
     if dims is not None:
         epsilon = epsilon / (int(dims) * math.log(2.0))
     ema = {} if ema_momentum is None else dict(use_ema=True, ema_momentum=float(ema_momentum))
-    return keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clipnorm, epsilon=epsilon, **ema)
+    return optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clipnorm, epsilon=epsilon, **ema)
 
 
 # `tfflows.distribute` (TensorFlow only) plugs itself in here when it is
@@ -658,7 +661,23 @@ class FlowModel(keras.Model):
             callbacks.append(StopOnNaN())
         if getattr(self, "optimizer", None) is None:
             self.compile()
+        self._build_optimizer(hooks)
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def _build_optimizer(self, hooks=None):
+        # Keras builds the optimizer inside the first traced train step when
+        # no strategy was set, and a tf.function that creates variables is
+        # traced twice: building it first halves the first step (issue #49).
+        if self.built and getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+            with (hooks.scope(self) if hooks is not None else self._strategy_scope()):
+                self.optimizer.build(self.trainable_variables)
+
+    def train_on_batch(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.train_on_batch`, building the optimizer first (see `fit`)."""
+        if getattr(self, "optimizer", None) is None:
+            self.compile()
+        self._build_optimizer(self._strategy_hooks())
+        return super().train_on_batch(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.evaluate`, taking `(x, context)` batches like `fit`."""

@@ -422,7 +422,10 @@ class Affine(Transform):
     def _params(self, h, active):
         # One split op (its gradient is a concatenation; strided slices cost
         # more on CPU).
-        t, raw = ops.split(h, [h.shape[-1] // 2], axis=-1)
+        if h.shape[-1] is not None and h.shape[-1] % 2 == 0:
+            t, raw = ops.split(h, 2, axis=-1)  # one op; a split by index adds a dozen shape ops on TF
+        else:
+            t, raw = ops.split(h, [h.shape[-1] // 2], axis=-1)
         if self.scale == "sigmoid":
             log_s = ops.log_sigmoid(raw + 2.0)
         else:

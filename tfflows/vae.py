@@ -603,6 +603,8 @@ class VAE(keras.Model):
         callbacks = list(callbacks or [])
         if stop_on_nan and not any(isinstance(c, StopOnNaN) for c in callbacks):
             callbacks.append(StopOnNaN())
+        if self.built and not self.optimizer.built:  # else Keras builds it in the traced step, tracing it twice
+            self.optimizer.build(self.trainable_variables)
         return super().fit(x, None, *args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

@@ -206,6 +206,9 @@ def test_auroc_and_perturb():
     assert apps.auroc([0, 1, 2], [3, 4, 5]) == 1.0
     assert apps.auroc([3, 4, 5], [0, 1, 2]) == 0.0
     assert apps.auroc([1, 2], [1, 2]) == 0.5
+    assert apps.auroc([0, 1, 2], [np.inf, 5, np.inf]) == 1.0  # infinite scores keep their order
+    with pytest.raises(ValueError, match="NaN"):
+        apps.auroc([0, np.nan], [1])
     x = np.zeros((1000, 8), np.uint8)
     p = apps.perturb(x, 0.2, seed=0)
     assert p.dtype == np.uint8 and 0.17 < np.mean(p != 0) < 0.23  # about 20 % replaced (1/256 stay 0)

@@ -42,7 +42,15 @@ def test_list_shows_the_builder_call_cli_flags_and_measured_metric():
     line = next(l for l in out.splitlines() if l.startswith("tfflows.zoo.glow(preset='mnist'"))
     assert "shipped:" in line and "bits/dim" in line
     assert "no weights ship" in next(l for l in out.splitlines() if "mnist-tiny" in l)
-    assert "tfflows.zoo.maf(" in out
+    assert "tfflows.zoo.maf(" in out and "tfflows.zoo.sylvester(" in out
+
+
+def test_every_listed_python_builder_call_builds():
+    import tfflows  # noqa: F401  (the calls name tfflows.zoo)
+
+    for call, _ in cli.VECTOR_BUILDERS + cli.VI_BUILDERS:
+        model = eval(call, {"tfflows": tfflows, "dim": 4})  # the listed call, as a user would type it
+        assert model is not None, call
 
 
 def test_every_option_says_what_it_does_and_its_default():

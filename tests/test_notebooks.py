@@ -12,16 +12,17 @@ CHECKS = {
     "quickstart.ipynb": ["test bits/dim on 500 images", "reconstruction error"],
     "moons.ipynb": ["test NLL", "the context matters", "samples finite: True"],
     "energies.ipynb": ["KL = log Z - ELBO in nats", "all fits finite: True"],
+    "apps.ipynb": ["largest end-point error", "of the MAP fills", "AUROC"],
 }
 
 
-# quickstart runs by default; the other two (about 40 s together) with -m slow.
+# quickstart runs by default; the others (about a minute together) with -m slow.
 @pytest.mark.parametrize("name", [n if n == "quickstart.ipynb" else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(CHECKS)])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="nbformat is a test extra")
     nbclient = pytest.importorskip("nbclient", reason="nbclient is a test extra")
-    monkeypatch.setenv("TFFLOWS_NOTEBOOK_STEPS", "20" if name == "quickstart.ipynb" else "30")
+    monkeypatch.setenv("TFFLOWS_NOTEBOOK_STEPS", "20" if name in ("quickstart.ipynb", "apps.ipynb") else "30")
     monkeypatch.setenv("TFFLOWS_NOTEBOOK_KS", "2")  # energies.ipynb: K = 2 only (K = 32 takes minutes to trace)
     monkeypatch.setenv("TFFLOWS_NOTEBOOK_ENERGIES", "U2")  # and one energy: 5 fits, not 20
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)

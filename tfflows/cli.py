@@ -337,6 +337,13 @@ VECTOR_BUILDERS = (
     ("tfflows.zoo.nsf(dim, kind='coupling', flows=5, bins=8)", "neural spline flow for vectors"),
     ("tfflows.zoo.realnvp(data_shape=(dim,))", "RealNVP for vectors"),
 )
+VI_BUILDERS = (
+    ("tfflows.zoo.planar(dim, flows=8, context_dim=None)", "planar flow (Rezende & Mohamed 2015)"),
+    ("tfflows.zoo.radial(dim, flows=8, context_dim=None)", "radial flow (Rezende & Mohamed 2015)"),
+    ("tfflows.zoo.sylvester(dim, flows=4, kind='orthogonal', m=None)", "O/H/T-Sylvester flow (van den Berg 2018)"),
+    ("tfflows.zoo.householder(dim, flows=1, n_reflections=None)", "Householder flow (Tomczak & Welling 2016)"),
+    ("tfflows.zoo.vae(posterior='gaussian', latent_dim=64)", "VAE with a flow posterior (tfflows.vae)"),
+)
 
 
 def cmd_list(args):
@@ -355,7 +362,12 @@ def cmd_list(args):
         print(f"{row['call']:{width}s}  {row['flags']:{flags}s}  {what}")
     print()
     print("Vector flows (no presets, Python only; see docs/vectors.md):")
+    width = max(len(c) for c, _ in VECTOR_BUILDERS + VI_BUILDERS)
     for call, what in VECTOR_BUILDERS:
+        print(f"  {call:{width}s}  {what}")
+    print()
+    print("Variational inference (no presets, Python only; see docs/vi.md):")
+    for call, what in VI_BUILDERS:
         print(f"  {call:{width}s}  {what}")
 
 

@@ -40,7 +40,9 @@ def inpaint(model, x, mask, method="map", steps=300, step_size=None, context=Non
         context: for a conditional model, one row per example.
         seed: seeds the initial fill and the Langevin noise.
         init: `"noise"` (uniform in [0, 1) for images, standard normal for
-            vectors) or `"mean"` (0.5 / 0: a flat start).
+            vectors), `"mean"` (0.5 / 0: a flat start), or an array the
+            shape of `x` whose masked entries start the fill (e.g. a MAP
+            fill, to start Langevin chains near the mode).
         return_log_prob: also return the final `log p(x)` per example (nats).
 
     Returns:
@@ -48,8 +50,11 @@ def inpaint(model, x, mask, method="map", steps=300, step_size=None, context=Non
     """
     if method not in ("map", "sample"):
         raise ValueError(f"inpaint: method must be 'map' or 'sample'. Received: method={method!r}")
-    if init not in ("noise", "mean"):
-        raise ValueError(f"inpaint: init must be 'noise' or 'mean'. Received: init={init!r}")
+    if not isinstance(init, str):
+        init = np.asarray(init, dtype="float64")
+    elif init not in ("noise", "mean"):
+        raise ValueError(f"inpaint: init must be 'noise', 'mean' or an array of starting values. "
+                         f"Received: init={init!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"inpaint needs an integer steps >= 0. Received: steps={steps!r}")
     shape = tuple(model.data_shape)
@@ -83,7 +88,12 @@ def inpaint(model, x, mask, method="map", steps=300, step_size=None, context=Non
     if not np.isfinite(step_size) or step_size <= 0:
         raise ValueError(f"inpaint needs a positive finite step_size. Received: step_size={step_size!r}")
     rng = np.random.default_rng(seed)
-    if init == "noise":
+    if not isinstance(init, str):
+        start = init[None] if single and init.shape == shape else init
+        if start.shape != x.shape or not np.all(np.isfinite(start)):
+            raise ValueError(f"inpaint: an init array must be finite and have the shape of x {np.shape(x)}; got "
+                             f"{np.shape(init)}.")
+    elif init == "noise":
         start = rng.uniform(size=x.shape) if images else rng.standard_normal(x.shape)
     else:
         start = np.full(x.shape, 0.5 if images else 0.0)
@@ -97,9 +107,10 @@ def inpaint(model, x, mask, method="map", steps=300, step_size=None, context=Non
         return model.log_prob(v, context=context)
 
     dtype = model.compute_dtype
+    grad_fn = value_and_grad(log_p)
     m, v = np.zeros_like(current), np.zeros_like(current)
     for step in range(1, int(steps) + 1):
-        _, grad = value_and_grad(log_p, current.astype(dtype))
+        _, grad = grad_fn(current.astype(dtype))
         grad = np.where(mask, np.asarray(grad, "float64"), 0.0)
         if not np.all(np.isfinite(grad)):
             raise FloatingPointError(f"inpaint: the gradient of log p became NaN or infinite at step {step}; "
@@ -113,6 +124,6 @@ def inpaint(model, x, mask, method="map", steps=300, step_size=None, context=Non
         current = np.where(mask, np.clip(current + update, lo, hi), observed)
     out = current[0] if single else current
     if return_log_prob:
-        lp = np.asarray(value_and_grad(log_p, current.astype(dtype))[0], "float64")
+        lp = np.asarray(grad_fn(current.astype(dtype))[0], "float64")
         return out, lp
     return out

@@ -109,7 +109,9 @@ def ood_score(model, x, method="log_prob", reference=None, background=None, cont
                              f"{tuple(background.data_shape)} vs {tuple(model.data_shape)}, n_bits "
                              f"{background.n_bits} vs {model.n_bits}.")
         bg_context = context if background.context_shape is not None else None
-        return nll - _nll(background, x, bg_context, batch_size)
+        with np.errstate(invalid="ignore"):
+            ratio = nll - _nll(background, x, bg_context, batch_size)
+        return np.where(np.isposinf(nll), np.inf, ratio)  # zero density under the model: as anomalous as it gets
     return nll - complexity_bits(x, model.n_bits)
 
 
@@ -121,7 +123,15 @@ def auroc(in_scores, out_scores):
     a, b = np.asarray(in_scores, "float64").ravel(), np.asarray(out_scores, "float64").ravel()
     if not len(a) or not len(b):
         raise ValueError("auroc needs at least one in- and one out-of-distribution score.")
-    return float(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]))
+    scores = np.r_[a, b]
+    if np.isnan(scores).any():
+        raise ValueError(f"auroc got {int(np.isnan(scores).sum())} NaN score(s).")
+    # Infinite scores (zero density under float32) keep their order: the
+    # AUROC depends on the ranks only.
+    finite = scores[np.isfinite(scores)]
+    top, bottom = (finite.max(), finite.min()) if len(finite) else (0.0, 0.0)
+    scores = np.where(np.isposinf(scores), top + 1.0, np.where(np.isneginf(scores), bottom - 1.0, scores))
+    return float(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], scores))
 
 
 def perturb(x, rate, seed=0, n_bits=8):

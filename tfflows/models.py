@@ -665,12 +665,7 @@ class FlowModel(keras.Model):
         return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def _build_optimizer(self, hooks=None):
-        # Keras builds the optimizer inside the first traced train step when
-        # no strategy was set, and a tf.function that creates variables is
-        # traced twice: building it first halves the first step (issue #49).
-        if self.built and getattr(self, "optimizer", None) is not None and not self.optimizer.built:
-            with (hooks.scope(self) if hooks is not None else self._strategy_scope()):
-                self.optimizer.build(self.trainable_variables)
+        optimizers.build_before_tracing(self, hooks.scope(self) if hooks is not None else self._strategy_scope())
 
     def train_on_batch(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.train_on_batch`, building the optimizer first (see `fit`)."""

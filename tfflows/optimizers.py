@@ -17,9 +17,27 @@ sparse gradients) it is Keras' Adam unchanged. `tests/test_optimizers.py`
 holds the two to the same weights after several steps.
 """
 
+import contextlib
+
 import keras
 
-__all__ = ["Adam"]
+__all__ = ["Adam", "build_before_tracing"]
+
+
+def build_before_tracing(model, scope=None):
+    """Builds `model.optimizer` for `model.trainable_variables` now, unless
+    the model has none yet (not built) or the optimizer is built.
+
+    Keras 3 on TensorFlow, with no strategy set, creates the optimizer's
+    variables inside the first traced train step, and a `tf.function` that
+    creates variables is traced twice; calling this before `fit` halves the
+    first step (issue #49). `scope`: the distribution strategy's scope the
+    variables must be created in, if any.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if model.built and optimizer is not None and not optimizer.built:
+        with scope if scope is not None else contextlib.nullcontext():
+            optimizer.build(model.trainable_variables)
 
 
 @keras.saving.register_keras_serializable(package="tfflows")

@@ -32,6 +32,20 @@ from keras import ops
 
 
 # -- pure maps --------------------------------------------------------------------
+def split_channels(x, c):
+    """`(x[..., :c], x[..., c:])` as one `split` op.
+
+    Its gradient is a concatenation; the gradient of a strided slice
+    (`StridedSliceGrad` on TensorFlow) costs about 10 % of a Glow train step
+    on CPU. Equal halves use `split(x, 2)`, one op: Keras' TF `split` by
+    index adds about a dozen shape ops (and as many to trace) per call.
+    """
+    c = int(c)
+    if x.shape[-1] is not None and 2 * c == x.shape[-1]:
+        return tuple(ops.split(x, 2, axis=-1))
+    return tuple(ops.split(x, [c], axis=-1))
+
+
 def additive(x, shift):
     """`y = x + shift`; `ladj = 0`."""
     return x + shift, ops.zeros_like(x)
@@ -420,12 +434,7 @@ class Affine(Transform):
             self.scale_factor = layer.add_weight(shape=(channels,), initializer="ones", name="scale_factor")
 
     def _params(self, h, active):
-        # One split op (its gradient is a concatenation; strided slices cost
-        # more on CPU).
-        if h.shape[-1] is not None and h.shape[-1] % 2 == 0:
-            t, raw = ops.split(h, 2, axis=-1)  # one op; a split by index adds a dozen shape ops on TF
-        else:
-            t, raw = ops.split(h, [h.shape[-1] // 2], axis=-1)
+        t, raw = split_channels(h, h.shape[-1] // 2)
         if self.scale == "sigmoid":
             log_s = ops.log_sigmoid(raw + 2.0)
         else:

@@ -43,6 +43,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfflows import optimizers
 from tfflows.layers.base import concrete_value
 from tfflows.models import FlowModel, StopOnNaN, default_optimizer
 
@@ -603,8 +604,7 @@ class VAE(keras.Model):
         callbacks = list(callbacks or [])
         if stop_on_nan and not any(isinstance(c, StopOnNaN) for c in callbacks):
             callbacks.append(StopOnNaN())
-        if self.built and not self.optimizer.built:  # else Keras builds it in the traced step, tracing it twice
-            self.optimizer.build(self.trainable_variables)
+        optimizers.build_before_tracing(self)
         return super().fit(x, None, *args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

@@ -32,6 +32,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfflows import optimizers
 from tfflows.models import FlowModel, StopOnNaN, default_optimizer
 
 
@@ -328,8 +329,8 @@ def fit_to_density(target_log_prob, model, steps=1000, batch_size=256, optimizer
     trainer = ReverseKL(model, target_log_prob, batch_size=batch_size, context=context,
                         path_derivative=path_derivative, anneal_steps=anneal_steps, seed=seed)
     trainer.compile(optimizer=optimizer or default_optimizer(), jit_compile=jit_compile)
-    if model.built and not trainer.optimizer.built:  # else Keras builds it in the traced step, tracing it twice
-        trainer.optimizer.build(trainer.trainable_variables)
+    if model.built:  # the trainer's variables are the model's
+        optimizers.build_before_tracing(trainer)
     watch = _Watch(int(steps), int(batch_size), callback)
     step_index = np.arange(int(steps), dtype="float32")[:, None]
     trainer.fit(step_index, batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[watch])

@@ -34,6 +34,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfflows.transforms import split_channels  # noqa: F401  (layers import it from here)
+
 # Every public flow layer registers itself here (see `register`), so the
 # contract test suite can check that none is missing an entry.
 LAYER_REGISTRY = {}
@@ -66,21 +68,6 @@ def sum_except_batch(x):
     if len(x.shape) == 1:
         return x
     return ops.sum(ops.reshape(x, (ops.shape(x)[0], -1)), axis=1)
-
-
-def split_channels(x, c):
-    """`(x[..., :c], x[..., c:])` as one `split` op.
-
-    Its gradient is a concatenation; the gradient of a strided slice
-    (`StridedSliceGrad` on TensorFlow) costs about 10 % of a Glow train step
-    on CPU.
-    """
-    c = int(c)
-    if x.shape[-1] is not None and 2 * c == x.shape[-1]:
-        # Equal halves: `split(x, 2)` is one op; Keras' TF `split` by index
-        # adds about a dozen shape ops (and as many to trace) per call.
-        return tuple(ops.split(x, 2, axis=-1))
-    return tuple(ops.split(x, [c], axis=-1))
 
 
 def zeros_log_det(x):

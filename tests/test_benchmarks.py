@@ -3,13 +3,10 @@ smoke run of the density benchmark's tfflows worker (`benchmarks/density2d.py`).
 
 import os
 import re
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-
-from benchmarks import _common, time_to_bpd  # noqa: E402
+from benchmarks import _common, time_to_bpd
 
 
 class _FakeClock:

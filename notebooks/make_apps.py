@@ -7,7 +7,7 @@
 from _build import write_notebook
 
 cells = [
-    ("md", """# What to do with a trained flow: interpolation, manipulation, inpainting, OOD scores
+    ("md", """# What to do with a trained flow: class-conditional samples, interpolation, manipulation, inpainting, OOD scores, FastFlow
 
 Everything here uses the shipped MNIST Glow (`glow(preset="mnist", pretrained=True)`,
 1.160 bits/dim) and the 500 test images embedded in the package. `TFFLOWS_NOTEBOOK_STEPS`
@@ -38,6 +38,18 @@ def show(rows, titles=None, scale=1.0):
             axes[i, 0].set_title(titles[i], fontsize=8, loc="left")
     plt.tight_layout()
     plt.show()"""),
+    ("md", """## Class-conditional Glow
+
+`glow(preset="mnist", num_classes=10, pretrained=True)` is the shipped Glow made class-conditional
+(the class sets the top and split priors, as openai/glow's y-conditioning) and trained on labels from
+the unconditional weights (`benchmarks/class_glow_mnist.py`). One row per class at T = 0.7, and the
+check that the class matters: the model as a Bayes classifier, `argmax_y log p(x | y)`."""),
+    ("code", """cond = tfflows.zoo.glow(preset="mnist", num_classes=10, pretrained=True)
+samples, labels = apps.class_samples(cond, per_class=10, temperature=0.7, seed=0)
+show([samples[labels == c] for c in range(10)], [f"class {c}" for c in range(10)], scale=0.8)
+n = max(20, STEPS)
+pred = apps.classify(cond, x[:n])
+print(f"Bayes classifier on {n} embedded test images: {100 * np.mean(pred == y[:n]):.1f} % correct")"""),
     ("md", """## Interpolation in latent space
 
 `apps.interpolate(model, x1, x2, n, path)` decodes points on the path between the two latents;
@@ -109,6 +121,34 @@ for m in ("log_prob", "complexity"):
     s_in, s_out = apps.ood_score(model, x[300:500], m), apps.ood_score(model, small, m)
     print(f"live, 200 vs 200, 8x8 digits upscaled: {m}: AUROC {apps.auroc(s_in, s_out):.3f}")
 show([small[:8]], ["scikit-learn's 8x8 digits, upscaled"])"""),
+    ("md", """## FastFlow: anomaly detection and localisation
+
+`apps.fastflow(backbone=None)` puts one 2-D flow on each feature map of the small MNIST CNN shipped with
+tfflows (28x28, 14x14 and 7x7). Trained on one digit only, it scores the other digits as anomalous
+(one-class AUROC); trained on all digits, its map finds synthetic defects (pixel AUROC). The full
+benchmark is `benchmarks/fastflow_mnist.py` (docs/apps.md); this is a small live run on the embedded
+images."""),
+    ("code", """epochs = 2 if STEPS >= 100 else 1
+xt = ((d["x_train"].astype("float32") + rng.uniform(size=d["x_train"].shape)) / 256.0)[..., None]
+yt = d["y_train"]
+ff = apps.fastflow(backbone=None)
+ff.fit(xt[yt == 0], epochs=epochs, batch_size=64)
+s = ff.score(x, reduce="mean", scales=[2])
+print(f"one-class digit 0 vs the rest, {len(x)} test images: AUROC {apps.auroc(s[y == 0], s[y != 0]):.3f}")
+ff_all = apps.fastflow(backbone=None)
+ff_all.fit(xt[:2000 if STEPS >= 100 else 500], epochs=epochs, batch_size=64)
+defective, masks = apps.synthetic_defects(x[:100], seed=0)
+maps = ff_all.anomaly_map(defective, kind="nll")
+print(f"pixel AUROC on 100 digits with a synthetic defect: {apps.auroc(maps[~masks], maps[masks]):.3f}")
+fig, axes = plt.subplots(3, 8, figsize=(8, 3.2))
+for j in range(8):
+    for i, (img, cmap) in enumerate([(defective[j, ..., 0], "gray"), (masks[j], "gray"), (maps[j], "magma")]):
+        axes[i, j].imshow(img, cmap=cmap)
+        axes[i, j].axis("off")
+axes[0, 0].set_title("defect", fontsize=8, loc="left"); axes[1, 0].set_title("mask", fontsize=8, loc="left")
+axes[2, 0].set_title("-log p map", fontsize=8, loc="left")
+plt.tight_layout()
+plt.show()"""),
 ]
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ class Case:
     log_det: str = "exact"  # "exact" or "estimate"
     context_shape: Optional[tuple] = None  # event shape of the context, for conditional cases
     tolerances: dict = field(default_factory=dict)  # per-case overrides, each with a reason
+    local_log_det: bool = False  # forward_local: the log-det per image position (FastFlow's maps)
 
 
 def _glow_step(dtype, c_hidden=8):
@@ -52,29 +53,29 @@ def _conditional_multiscale(dtype):
 
 CASES = {
     "Coupling-affine-exp-vector": Case(
-        lambda dt: L.Coupling({"name": "affine", "scale": "exp"}, hidden=8, dtype=dt), (3, 5)),
+        lambda dt: L.Coupling({"name": "affine", "scale": "exp"}, hidden=8, dtype=dt), (3, 5), local_log_det=True),
     "Coupling-additive-conditional-image": Case(
         lambda dt: L.Coupling("additive", mask="checkerboard", hidden=8, context_shape=(3,), dtype=dt),
-        (2, 4, 4, 2), context_shape=(3,)),
+        (2, 4, 4, 2), context_shape=(3,), local_log_det=True),
     "Coupling-affine-conditional-image-context": Case(
         lambda dt: L.Coupling("affine", hidden=8, context_shape=(4, 4, 1), dtype=dt),
-        (2, 4, 4, 2), context_shape=(4, 4, 1)),
-    "AdditiveCoupling-channel-vector": Case(lambda dt: L.AdditiveCoupling(hidden=8, dtype=dt), (3, 6)),
+        (2, 4, 4, 2), context_shape=(4, 4, 1), local_log_det=True),
+    "AdditiveCoupling-channel-vector": Case(lambda dt: L.AdditiveCoupling(hidden=8, dtype=dt), (3, 6), local_log_det=True),
     "AdditiveCoupling-checkerboard-image": Case(
-        lambda dt: L.AdditiveCoupling(mask="checkerboard", hidden=8, dtype=dt), (2, 4, 4, 2)),
+        lambda dt: L.AdditiveCoupling(mask="checkerboard", hidden=8, dtype=dt), (2, 4, 4, 2), local_log_det=True),
     "AdditiveCoupling-user-net": Case(
         lambda dt: L.AdditiveCoupling(mask="checkerboard",
                                       net=L.DenseNet(8, 6, depth=1, name="user_net", dtype=dt), dtype=dt),
-        (3, 6)),
-    "AffineCoupling-channel-image": Case(lambda dt: L.AffineCoupling(hidden=8, dtype=dt), (2, 4, 4, 4)),
+        (3, 6), local_log_det=True),
+    "AffineCoupling-channel-image": Case(lambda dt: L.AffineCoupling(hidden=8, dtype=dt), (2, 4, 4, 4), local_log_det=True),
     "AffineCoupling-channel-reverse-odd": Case(
-        lambda dt: L.AffineCoupling(reverse=True, hidden=8, dtype=dt), (2, 3, 3, 3)),
+        lambda dt: L.AffineCoupling(reverse=True, hidden=8, dtype=dt), (2, 3, 3, 3), local_log_det=True),
     "AffineCoupling-checkerboard-exp": Case(
-        lambda dt: L.AffineCoupling(mask="checkerboard", scale="exp", hidden=8, dtype=dt), (2, 4, 4, 2)),
+        lambda dt: L.AffineCoupling(mask="checkerboard", scale="exp", hidden=8, dtype=dt), (2, 4, 4, 2), local_log_det=True),
     "AffineCoupling-checkerboard-vector": Case(
-        lambda dt: L.AffineCoupling(mask="checkerboard", hidden=8, dtype=dt), (3, 6)),
+        lambda dt: L.AffineCoupling(mask="checkerboard", hidden=8, dtype=dt), (3, 6), local_log_det=True),
     "AffineCoupling-conditional-vector": Case(
-        lambda dt: L.AffineCoupling(hidden=8, context_shape=(2,), dtype=dt), (3, 4), context_shape=(2,)),
+        lambda dt: L.AffineCoupling(hidden=8, context_shape=(2,), dtype=dt), (3, 4), context_shape=(2,), local_log_det=True),
     "MaskedAutoregressive-maf-affine": Case(
         lambda dt: L.MaskedAutoregressive(hidden=(16, 16), dtype=dt), (3, 5), inverse="sequential"),
     "MaskedAutoregressive-iaf-affine-random-order": Case(
@@ -92,12 +93,12 @@ CASES = {
     "MaskedAutoregressive-iaf-spline-conditional": Case(
         lambda dt: L.MaskedAutoregressive("spline", direction="iaf", hidden=(16,), context_shape=(2,), dtype=dt),
         (3, 3), forward="sequential", context_shape=(2,)),
-    "SplineCoupling-channel-vector": Case(lambda dt: L.SplineCoupling(bins=4, hidden=8, dtype=dt), (3, 5)),
+    "SplineCoupling-channel-vector": Case(lambda dt: L.SplineCoupling(bins=4, hidden=8, dtype=dt), (3, 5), local_log_det=True),
     "SplineCoupling-checkerboard-image": Case(
-        lambda dt: L.SplineCoupling(bins=4, bound=2.0, mask="checkerboard", hidden=8, dtype=dt), (2, 4, 4, 2)),
+        lambda dt: L.SplineCoupling(bins=4, bound=2.0, mask="checkerboard", hidden=8, dtype=dt), (2, 4, 4, 2), local_log_det=True),
     "SplineCoupling-channel-image-conditional": Case(
         lambda dt: L.SplineCoupling(bins=3, hidden=8, context_shape=(2,), dtype=dt), (2, 2, 2, 4),
-        context_shape=(2,)),
+        context_shape=(2,), local_log_det=True),
     "ElementwiseSpline-vector": Case(lambda dt: L.ElementwiseSpline(bins=4, bound=2.0, dtype=dt), (3, 4)),
     "ElementwiseSpline-image-conditional": Case(
         lambda dt: L.ElementwiseSpline(bins=3, context_shape=(2,), dtype=dt), (2, 2, 2, 1), context_shape=(2,)),
@@ -108,10 +109,10 @@ CASES = {
     "QRLinear": Case(lambda dt: L.QRLinear(seed=0, dtype=dt), (3, 4)),
     "QRLinear-two-reflections-no-bias": Case(lambda dt: L.QRLinear(2, use_bias=False, seed=1, dtype=dt), (3, 5)),
     "Householder": Case(lambda dt: L.Householder(3, seed=0, dtype=dt), (3, 4)),
-    "ActNorm": Case(lambda dt: L.ActNorm(dtype=dt), (2, 3, 3, 4)),
+    "ActNorm": Case(lambda dt: L.ActNorm(dtype=dt), (2, 3, 3, 4), local_log_det=True),
     "DiagonalScaling": Case(lambda dt: L.DiagonalScaling(dtype=dt), (3, 8)),
-    "Invertible1x1Conv-lu": Case(lambda dt: L.Invertible1x1Conv(seed=0, dtype=dt), (2, 3, 3, 4)),
-    "Invertible1x1Conv-plain": Case(lambda dt: L.Invertible1x1Conv(lu=False, seed=0, dtype=dt), (2, 3, 3, 4)),
+    "Invertible1x1Conv-lu": Case(lambda dt: L.Invertible1x1Conv(seed=0, dtype=dt), (2, 3, 3, 4), local_log_det=True),
+    "Invertible1x1Conv-plain": Case(lambda dt: L.Invertible1x1Conv(lu=False, seed=0, dtype=dt), (2, 3, 3, 4), local_log_det=True),
     "Permute": Case(lambda dt: L.Permute(seed=3, dtype=dt), (2, 2, 2, 5)),
     "Reverse": Case(lambda dt: L.Reverse(dtype=dt), (3, 5)),
     "Squeeze": Case(lambda dt: L.Squeeze(dtype=dt), (2, 4, 4, 2)),
@@ -143,7 +144,7 @@ CASES = {
     "Sylvester-triangular-amortised": Case(
         lambda dt: L.Sylvester("triangular", m=2, context_shape=(2,), dtype=dt), (3, 3), forward=None,
         context_shape=(2,)),
-    "FlowSequence-glow-step": Case(_glow_step, (2, 3, 3, 4)),
+    "FlowSequence-glow-step": Case(_glow_step, (2, 3, 3, 4), local_log_det=True),
     "FlowSequence-multiscale": Case(_multiscale, (2, 4, 4, 1), inputs="unit"),
     "FlowSequence-conditional-multiscale": Case(
         _conditional_multiscale, (2, 4, 4, 1), inputs="unit", context_shape=(3,)),

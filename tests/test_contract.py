@@ -219,6 +219,43 @@ def test_log_det_matches_autodiff_jacobian_in_float64(case_id, direction):
 
 # -- call, shapes, unavailable directions -----------------------------------------------------
 @pytest.mark.parametrize("case_id", IDS)
+def test_forward_local_sums_to_the_log_det(case_id):
+    """`forward_local`'s per-position log-det map sums to `forward`'s log-det
+    (images), or the layer says it has none."""
+    case = CASES[case_id]
+    layer, x, c = make(case_id, dtype="float64")
+    assert layer.local_log_det == case.local_log_det
+    if not case.local_log_det:
+        with pytest.raises(NotImplementedError, match=type(layer).__name__):
+            layer.forward_local(x, context=c)
+        return
+    if len(case.shape) != 4:
+        with pytest.raises(ValueError, match="takes images"):
+            layer.forward_local(x, context=c)
+        return
+    y_map, log_det_map = layer.forward_local(x, context=c)
+    y, log_det = layer.forward(x, context=c)
+    assert tuple(log_det_map.shape) == tuple(case.shape[:3])
+    np.testing.assert_allclose(to_np(y_map), to_np(y), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_np(log_det_map).sum(axis=(1, 2)), to_np(log_det), rtol=1e-10, atol=1e-10)
+    if backend() != "tensorflow":
+        return
+    # Each position's value is the log|det| of that position's channel block of
+    # the autodiff Jacobian (not the total spread out: that would pass the sum).
+    import tensorflow as tf
+
+    xt = tf.convert_to_tensor(to_np(x))
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        yt = layer.forward(xt, context=c)[0]
+    jac = to_np(tape.batch_jacobian(yt, xt))  # (B, H, W, C, H, W, C)
+    b, h, w, _ = x.shape
+    blocks = np.array([[[np.linalg.slogdet(jac[i, p, q, :, p, q, :])[1] for q in range(w)] for p in range(h)]
+                       for i in range(b)])
+    np.testing.assert_allclose(to_np(log_det_map), blocks, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("case_id", IDS)
 def test_call_is_forward(case_id):
     _needs(case_id, "forward")
     layer, x, c = make(case_id)

@@ -360,6 +360,19 @@ def cmd_list(args):
         else:
             what = "no weights ship (train with tfflows train)"
         print(f"{row['call']:{width}s}  {row['flags']:{flags}s}  {what}")
+    from tfflows.zoo.presets import read_manifest
+
+    conditional = [(k, e) for k, e in read_manifest().items() if "num_classes" in e["architecture"]]
+    if conditional:
+        print()
+        print("Class-conditional (Python only; see docs/apps.md):")
+        for key, e in conditional:
+            call = (f"tfflows.zoo.{e['model']}(preset={e['preset']!r}, num_classes={e['architecture']['num_classes']}"
+                    + (", class_couplings=True" if e["architecture"].get("class_couplings") else "")
+                    + ", pretrained=True)")
+            print(f"  {call}  shipped: {e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f} bits/dim given the label, "
+                  f"Bayes classifier {100 * e['bayes_accuracy']:.1f} % on {e['bayes_images']:,} test images "
+                  f"(card: {e['card']})")
     print()
     print("Vector flows (no presets, Python only; see docs/vectors.md):")
     width = max(len(c) for c, _ in VECTOR_BUILDERS + VI_BUILDERS)

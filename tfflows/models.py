@@ -205,6 +205,11 @@ class FlowModel(keras.Model):
         n_bits: bits per dimension of discrete data (images), or `None` for
             continuous data. Defaults to 8.
         context_shape: event shape of the context, or `None` (unconditional).
+        num_classes: for a class-conditional model: the context is then an
+            integer class label per example, `(batch,)` in
+            `[0, num_classes)`, one-hot encoded inside the model (a float
+            `(batch, num_classes)` row, one-hot or mixed, is taken as is).
+            Sets `context_shape=(num_classes,)`.
 
     >>> import numpy as np, tfflows
     >>> from tfflows.layers import AffineCoupling, FlowSequence
@@ -213,7 +218,8 @@ class FlowModel(keras.Model):
     (3,)
     """
 
-    def __init__(self, flow, base="normal", data_shape=None, n_bits=8, context_shape=None, **kwargs):
+    def __init__(self, flow, base="normal", data_shape=None, n_bits=8, context_shape=None, num_classes=None,
+                 **kwargs):
         # The flow's own arithmetic, log-dets and the loss stay float32 under a
         # mixed-precision global policy; only the coupling nets (plain Keras
         # layers called inside) compute in bfloat16/float16.
@@ -234,6 +240,15 @@ class FlowModel(keras.Model):
         self.base = distributions.get(base)
         self.data_shape = tuple(int(d) for d in data_shape)
         self.n_bits = None if n_bits is None else int(n_bits)
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+                raise ValueError(f"FlowModel num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
+            num_classes = int(num_classes)
+            if context_shape is not None and tuple(context_shape) != (num_classes,):
+                raise ValueError(f"FlowModel num_classes={num_classes} means context_shape=({num_classes},); "
+                                 f"got context_shape={tuple(context_shape)}.")
+            context_shape = (num_classes,)
+        self.num_classes = num_classes
         self.context_shape = None if context_shape is None else tuple(int(d) for d in context_shape)
         self.dims = event_size((None,) + self.data_shape)
         self.loss_tracker = keras.metrics.Mean(name="bpd" if self.n_bits is not None else "nll")
@@ -300,15 +315,28 @@ class FlowModel(keras.Model):
         it in the model's dtype, or `None` for an unconditional model."""
         if self.context_shape is None:
             if context is not None:
+                if _is_labels(context):
+                    raise ValueError(f"FlowModel '{self.name}' has no classes (it was built without "
+                                     f"num_classes) but was asked for class labels; build a class-conditional "
+                                     f"model, e.g. tfflows.zoo.glow(preset='mnist', num_classes=10).")
                 raise ValueError(f"FlowModel '{self.name}' is unconditional (no context_shape) but got a "
                                  f"context.")
             return None
         if context is None:
+            if self.num_classes is not None:
+                raise ValueError(f"FlowModel '{self.name}' is class-conditional (num_classes={self.num_classes}) "
+                                 f"and needs class labels as its context: integers of shape (batch,).")
             raise ValueError(f"FlowModel '{self.name}' is conditional (context_shape={self.context_shape}) "
                              f"and needs a context.")
         if not hasattr(context, "shape"):
             context = np.asarray(context)
+        if self.num_classes is not None and _is_labels(context):
+            return self._one_hot(context, batch)
         shape = tuple(context.shape)
+        if self.num_classes is not None and len(shape) == 1:
+            raise ValueError(f"FlowModel '{self.name}' takes integer class labels (batch,) or float one-hot rows "
+                             f"(batch, {self.num_classes}); got {keras.backend.standardize_dtype(context.dtype)} "
+                             f"values of shape {shape}.")
         if shape[1:] != self.context_shape:
             raise ValueError(f"FlowModel '{self.name}' expects a context of shape (batch, "
                              f"{', '.join(map(str, self.context_shape))}), got {shape}.")
@@ -319,6 +347,27 @@ class FlowModel(keras.Model):
         if value is not None and value.dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise ValueError(f"FlowModel '{self.name}' got NaN or infinite value(s) in its context.")
         return ops.cast(context, self.compute_dtype)
+
+    def _one_hot(self, labels, batch):
+        shape = tuple(labels.shape)
+        if len(shape) != 1:
+            raise ValueError(f"FlowModel '{self.name}' takes class labels of shape (batch,), got {shape}.")
+        if batch is not None and shape[0] is not None and shape[0] != batch:
+            raise ValueError(f"FlowModel '{self.name}' got labels for {shape[0]} examples and {batch} "
+                             f"examples of data.")
+        value = concrete_value(labels)
+        if value is not None and value.size and (value.min() < 0 or value.max() >= self.num_classes):
+            raise ValueError(f"FlowModel '{self.name}' has classes 0..{self.num_classes - 1}; got labels in "
+                             f"[{int(value.min())}, {int(value.max())}].")
+        labels = ops.cast(labels, "int32")
+        one_hot = ops.one_hot(labels, self.num_classes, dtype=self.compute_dtype)
+        if value is None:
+            # Traced (fit, compiled functions): a label outside the classes
+            # would be an all-zero row; it makes its row NaN instead, so the
+            # loss is NaN and fit stops (StopOnNaN) rather than train on it.
+            bad = ops.logical_or(ops.less(labels, 0), ops.greater_equal(labels, self.num_classes))
+            one_hot = one_hot + ops.expand_dims(ops.where(bad, float("nan"), 0.0), -1)
+        return one_hot
 
     def _check_latent(self, z):
         if not hasattr(z, "shape"):
@@ -470,6 +519,18 @@ class FlowModel(keras.Model):
         input (a traced value cannot be checked in Python): check numpy input
         first, as `evaluate_bpd` does."""
         return self._compiled("_bpd_fn", self.bits_per_dim, force)
+
+    def make_log_prob_function(self, force=False):
+        """A compiled `(x, context=None) -> log p(x | context)` per example
+        (`log_prob` under `tf.function` or `jax.jit`), cached like
+        `make_decode_function`; it skips `log_prob`'s value checks on its
+        input (check numpy input first). `tfflows.apps` scores with it."""
+        return self._compiled("_log_prob_fn", self.log_prob, force)
+
+    def make_encode_function(self, force=False):
+        """A compiled `(x, context=None) -> z` (`encode` under `tf.function`
+        or `jax.jit`), cached like `make_decode_function`."""
+        return self._compiled("_encode_fn", self.encode, force)
 
     def _compiled(self, attr, method, force):
         cached = getattr(self, attr, None)
@@ -645,6 +706,8 @@ class FlowModel(keras.Model):
         `tfflows.distribute.fit` instead: a custom distributed loop taking
         the same arguments and callbacks.
         """
+        if self.num_classes is not None and y is not None and not hasattr(y, "element_spec"):
+            self.check_context(y if hasattr(y, "shape") else np.asarray(y), None)  # every label, before Keras
         x, y = self._as_keras_inputs(x, y)
         hooks = self._strategy_hooks()
         if hooks is not None and hooks.uses_custom_loop(self):
@@ -707,7 +770,9 @@ class FlowModel(keras.Model):
             data_shape=list(self.data_shape),
             n_bits=self.n_bits,
         )
-        if self.context_shape is not None:
+        if self.num_classes is not None:
+            config["num_classes"] = self.num_classes
+        elif self.context_shape is not None:
             config["context_shape"] = list(self.context_shape)
         return config
 
@@ -717,6 +782,14 @@ class FlowModel(keras.Model):
         config["flow"] = keras.saving.deserialize_keras_object(config["flow"])
         config["base"] = keras.saving.deserialize_keras_object(config["base"])
         return cls(**config)
+
+
+def _is_labels(context):
+    """Whether `context` holds integer class labels (any integer dtype)."""
+    dtype = getattr(context, "dtype", None)
+    if dtype is None:
+        return False
+    return "int" in keras.backend.standardize_dtype(dtype)
 
 
 class _Compiled:

@@ -1,13 +1,18 @@
-"""What users build on a trained flow (DESIGN.md, apps/): latent
+"""What users build on a trained flow (DESIGN.md, apps/): class-conditional
+generation and the Bayes classifier (`tfflows.apps.classes`), latent
 interpolation and attribute manipulation (`tfflows.apps.latent`),
-inpainting (`tfflows.apps.inpainting`) and out-of-distribution scores
-(`tfflows.apps.ood`). Names load on first use."""
+inpainting (`tfflows.apps.inpainting`), out-of-distribution scores
+(`tfflows.apps.ood`) and FastFlow anomaly detection (`tfflows.apps.anomaly`). Names load on first use."""
 
 import importlib
 
 _LAZY = {
     "interpolate": "latent", "slerp": "latent", "attribute_direction": "latent", "manipulate": "latent",
     "inpaint": "inpainting",
+    "fit_class_prior": "classes", "class_log_probs": "classes", "classify": "classes",
+    "class_samples": "classes",
+    "fastflow": "anomaly", "FastFlow": "anomaly", "mnist_backbone": "anomaly",
+    "synthetic_defects": "anomaly", "reduce_map": "anomaly", "train_mnist_backbone": "anomaly",
     "ood_score": "ood", "complexity_bits": "ood", "auroc": "ood", "perturb": "ood",
 }
 

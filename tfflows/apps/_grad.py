@@ -1,6 +1,6 @@
 """`value_and_grad` of a scalar-per-example function of a batch, compiled
 once, on the TensorFlow and JAX backends (Keras 3 has no backend-neutral
-gradient)."""
+gradient), and `compiled`, the same compilation without the gradient."""
 
 import keras
 import numpy as np
@@ -48,3 +48,23 @@ def value_and_grad(fn):
 
         return call
     raise NotImplementedError(f"tfflows.apps needs gradients on the tensorflow or jax backend, not {backend!r}.")
+
+
+def compiled(fn):
+    """`fn` (a batch -> tensor function reading a model's weights) compiled
+    with `tf.function` / `jax.jit`, returning numpy. Like `value_and_grad`,
+    the weights are read as they are when it is traced on JAX: compile
+    again after training."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(fn, reduce_retracing=True, autograph=False)
+        return lambda x: np.asarray(step(tf.convert_to_tensor(x)))
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        step = jax.jit(fn)
+        return lambda x: np.asarray(step(jnp.asarray(x)))
+    raise NotImplementedError(f"tfflows.apps compiles on the tensorflow or jax backend, not {backend!r}.")

@@ -144,6 +144,11 @@ class FlowLayer(keras.layers.Layer):
     log_det_kind = "exact"
     #: Whether this class can condition on a context at all.
     accepts_context = False
+    #: Whether `forward_local` gives an image's log-det position by position:
+    #: true where the Jacobian's determinant factors over positions (1x1
+    #: maps such as ActNorm and the 1x1 conv; couplings, whose Jacobian is
+    #: triangular with the kept half first).
+    local_log_det = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -269,6 +274,38 @@ class FlowLayer(keras.layers.Layer):
     def call(self, x, context=None, training=False):
         return self.forward(x, context=context, training=training)[0]
 
+    def forward_local(self, x, context=None, training=False):
+        """Like `forward` for an image `(batch, H, W, C)`, with the log-det
+        per position: returns `(y, log_det_map)`, the map `(batch, H, W)`
+        summing to `forward`'s log-det. Available where `local_log_det`
+        (a position's outputs depend on the other positions only through
+        the part the layer keeps fixed, so the determinant is a product over
+        positions of each position's channel block). FastFlow's anomaly maps
+        use it."""
+        if not self.local_log_det:
+            blocking = [l for l in getattr(self, "flow_layers", []) if not l.local_log_det]
+            where = f" (its layer {blocking[0].name!r}, a {type(blocking[0]).__name__}, does not)" if blocking else ""
+            raise NotImplementedError(
+                f"{type(self).__name__} '{self.name}' has no per-position log-det (forward_local): its "
+                f"Jacobian mixes positions{where}.")
+        x = ops.convert_to_tensor(x)
+        if len(x.shape) != 4:
+            raise ValueError(f"{type(self).__name__} '{self.name}'.forward_local takes images (batch, H, W, C); "
+                             f"got shape {shape_str(tuple(x.shape))}.")
+        self._check_direction("forward")
+        self._check_input(x, "forward")
+        self._ensure_built(x.shape, "forward")
+        context = self._check_context(context, x)
+        y, log_det_map = self._forward_local(x, context=context, training=training)
+        return y, ops.cast(log_det_map, x.dtype)
+
+    def _forward_local(self, x, context=None, training=False):
+        # The same Jacobian block at every position (1x1 maps): spread evenly.
+        y, log_det = self._forward(x, context=context, training=training)
+        h, w = x.shape[1], x.shape[2]
+        per_position = ops.reshape(ops.cast(log_det, x.dtype) / float(h * w), (-1, 1, 1))
+        return y, ops.broadcast_to(per_position, (ops.shape(x)[0], h, w))
+
     def _forward(self, x, context=None, training=False):
         raise NotImplementedError(f"{type(self).__name__} must implement _forward")
 
@@ -365,6 +402,17 @@ class FlowSequence(FlowLayer):
     @property
     def log_det_kind(self):
         return "estimate" if any(l.log_det_kind == "estimate" for l in self.flow_layers) else "exact"
+
+    @property
+    def local_log_det(self):
+        return bool(self.flow_layers) and all(l.local_log_det for l in self.flow_layers)
+
+    def _forward_local(self, x, context=None, training=False):
+        log_det = None
+        for layer in self.flow_layers:
+            x, ld = layer.forward_local(x, context=context, training=training)
+            log_det = ld if log_det is None else log_det + ld
+        return x, log_det
 
     @property
     def has_factor_out(self):

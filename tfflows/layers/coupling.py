@@ -81,6 +81,7 @@ class Coupling(FlowLayer):
 
     input_ranks = (2, 4)
     accepts_context = True
+    local_log_det = True
 
     def __init__(self, transform="affine", mask="channel", reverse=False, net=None, hidden=None,
                  context_shape=None, **kwargs):
@@ -180,6 +181,16 @@ class Coupling(FlowLayer):
 
     def _forward(self, x, context=None, training=False):
         return self._apply(x, context, self.transform.forward)
+
+    def _forward_local(self, x, context=None, training=False):
+        # Each transformed element's log-derivative, summed over channels only.
+        if self.mask == "checkerboard":
+            keep, active = self._masks(x)
+            y, ladj = self.transform.forward(x, self._params(x * keep, context), active)
+            return y, ops.sum(ladj * active, axis=-1)
+        x_a, x_b = self._split(x)
+        y_b, ladj = self.transform.forward(x_b, self._params(x_a, context), None)
+        return self._join(x_a, y_b), ops.sum(ladj, axis=-1)
 
     def _inverse(self, y, context=None, training=False):
         return self._apply(y, context, self.transform.inverse)

@@ -96,6 +96,7 @@ class Invertible1x1Conv(FlowLayer):
     """
 
     input_ranks = (2, 3, 4, 5)
+    local_log_det = True
 
     def __init__(self, lu=True, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -267,6 +268,7 @@ class LULinear(Invertible1x1Conv):
     """
 
     input_ranks = (2,)
+    local_log_det = False  # vectors only
 
     def __init__(self, use_bias=True, seed=None, **kwargs):
         kwargs.pop("lu", None)

@@ -245,8 +245,9 @@ def conditioner_input(x, context):
                     f"conditions: got context {tuple(context.shape)} for input {tuple(x.shape)}."
                 )
             return ops.concatenate([x, context], axis=-1)
-        flat = ops.reshape(context, (ops.shape(context)[0], 1, 1, -1))
-        tiled = ops.broadcast_to(flat, (ops.shape(x)[0], x.shape[1], x.shape[2], flat.shape[-1]))
+        k = event_size(context.shape)
+        flat = ops.reshape(context, (ops.shape(context)[0], 1, 1, k))
+        tiled = ops.broadcast_to(flat, (ops.shape(x)[0], x.shape[1], x.shape[2], k))
         return ops.concatenate([x, tiled], axis=-1)
     flat = ops.reshape(context, (ops.shape(context)[0], -1))
     return ops.concatenate([x, flat], axis=-1)

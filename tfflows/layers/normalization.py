@@ -43,6 +43,7 @@ class ActNorm(FlowLayer):
     """
 
     input_ranks = (2, 3, 4, 5)
+    local_log_det = True
 
     def __init__(self, eps=1e-6, **kwargs):
         super().__init__(**kwargs)

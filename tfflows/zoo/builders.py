@@ -8,6 +8,7 @@ checking their sha256.
 import copy
 import numbers
 
+from tfflows import distributions
 from tfflows import layers as L
 from tfflows.models import FlowModel
 from tfflows.zoo.presets import (PRESETS, PRESETS_FILE, WEIGHTS_DIR, WeightsError,  # noqa: F401
@@ -64,7 +65,7 @@ def glow_widths(hidden, levels):
 
 
 def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, preprocess="center",
-              alpha=0.05):
+              alpha=0.05, context_shape=None, class_couplings=False):
     """Glow (Kingma & Dhariwal 2018): per level, squeeze, then `steps` x
     (ActNorm, invertible 1x1 conv, affine coupling), then split (not after
     the last level). Data in [0, 1) is first shifted to [-0.5, 0.5)
@@ -74,7 +75,9 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
     starts from the same rotations whatever the Keras seed; the coupling
     nets' initial weights follow `keras.utils.set_random_seed`. `hidden` is
     the coupling width: one int, or one per level (`[160, 128]` widens only
-    the first level's nets)."""
+    the first level's nets). With a `context_shape` (class-conditional
+    Glow: a one-hot class), the split priors read the context, and so do
+    the couplings' nets if `class_couplings`."""
     _check_divisible("glow", data_shape, levels)
     widths = glow_widths(hidden, levels)
     if preprocess == "center":
@@ -89,10 +92,13 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
             flow += [
                 L.ActNorm(name=f"actnorm{i}_{k}"),
                 L.Invertible1x1Conv(lu=lu, seed=1000 * i + k, name=f"invconv{i}_{k}"),
-                L.AffineCoupling(mask="channel", scale="sigmoid", hidden=widths[i], name=f"coupling{i}_{k}"),
+                L.AffineCoupling(mask="channel", scale="sigmoid", hidden=widths[i],
+                                 context_shape=context_shape if class_couplings else None,
+                                 name=f"coupling{i}_{k}"),
             ]
         if i < levels - 1:
-            flow.append(L.Split(learned_prior=learned_prior, name=f"split{i}"))
+            flow.append(L.Split(learned_prior=learned_prior,
+                                context_shape=context_shape if learned_prior else None, name=f"split{i}"))
     return L.FlowSequence(flow, name="glow")
 
 
@@ -147,22 +153,50 @@ def _finish(model_name, preset, config, flow, base, pretrained):
 
 
 def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, lu=None,
-         learned_prior=True, data_shape=None, n_bits=None, preprocess=None, alpha=None):
+         learned_prior=True, data_shape=None, n_bits=None, preprocess=None, alpha=None,
+         num_classes=None, class_couplings=False):
     """Glow, as `FlowModel`. `levels` L, `steps` K per level, `hidden` the
     coupling width (an int, or a list with one width per level), `lu` the
     1x1-conv parametrisation, `preprocess` `"center"` or `"logit"` (with
     squashing `alpha`, default 0.05); `None` keeps the preset's value.
-    Presets: see `PRESETS["glow"]`."""
+    Presets: see `PRESETS["glow"]`.
+
+    `num_classes` makes it class-conditional, as openai/glow's
+    y-conditioning: the class (integer labels `(batch,)`, the model's
+    context) sets the mean and scale of the top prior
+    (`distributions.ConditionalNormal`) and of every split prior (with
+    `learned_prior=True`, the default), all zero-initialised, and with `class_couplings=True` it also feeds every
+    coupling net. `model.log_prob(x, context=labels)`,
+    `model.sample(n, context=labels)`. `pretrained=True` with
+    `num_classes=10` loads the shipped class-conditional MNIST weights,
+    trained from the unconditional ones (`tfflows.zoo.grow.condition_glow`)."""
     config = _config("glow", preset, dict(levels=levels, steps=steps, hidden=hidden, lu=lu,
                                           data_shape=data_shape, n_bits=n_bits,
                                           preprocess=preprocess, alpha=alpha), optional=("alpha",))
     if "alpha" in config and config["preprocess"] != "logit":
         raise ValueError(f"glow alpha={config['alpha']} needs preprocess='logit'; "
                          f"this model uses preprocess={config['preprocess']!r}.")
+    if num_classes is None:
+        if class_couplings:
+            raise ValueError("glow class_couplings=True needs num_classes (the classes to condition on).")
+        flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
+                         lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
+                         alpha=config.get("alpha", 0.05))
+        return _finish("glow", preset, config, flow, "normal", pretrained)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"glow num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
+    context_shape = (int(num_classes),)
     flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                      lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
-                     alpha=config.get("alpha", 0.05))
-    return _finish("glow", preset, config, flow, "normal", pretrained)
+                     alpha=config.get("alpha", 0.05), context_shape=context_shape,
+                     class_couplings=class_couplings)
+    model = FlowModel(flow, base=distributions.ConditionalNormal(context_shape, name="prior"),
+                      data_shape=config["data_shape"], n_bits=config.get("n_bits", 8), num_classes=num_classes,
+                      name=f"glow_{preset}_classes{num_classes}".replace("-", "_"))
+    if pretrained:
+        key = f"glow-{preset}-classes{num_classes}" + ("-couplings" if class_couplings else "")
+        load_pretrained(model, key, dict(config, num_classes=num_classes, class_couplings=bool(class_couplings)))
+    return model
 
 
 def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, alpha=None,

@@ -113,7 +113,8 @@ def _built_and_trained(old, new, sample, verb):
     built and that `old`'s ActNorms hold trained (initialised) values."""
     if sample is not None:
         for m in (old, new):
-            m.log_prob(sample)
+            labels = None if getattr(m, "num_classes", None) is None else np.zeros(len(sample), "int32")
+            m.log_prob(sample, context=labels)
     for m in (old, new):
         if not m.flow.built:
             raise ValueError(f"{m.name} is not built; pass sample=a batch of data.")
@@ -241,6 +242,53 @@ def widen_glow(old, new, sample=None):
         for var, val in zip(own_new, own_old):
             var.assign(_np(val).astype("float32"))
     return new
+
+
+def condition_glow(old, new, sample=None):
+    """Copies trained unconditional Glow `old` into `new`, the same Glow made
+    class-conditional (`tfflows.zoo.glow(..., num_classes=K)`), so that
+    `new.log_prob(x, context=y)` equals `old.log_prob(x)` for every class
+    `y` at the start. Every weight is copied; where `new`'s conditioner
+    reads the one-hot class as extra input channels (split priors, and the
+    coupling nets with `class_couplings`) those channels' kernel rows are
+    zero, and the class prior (`ConditionalNormal`) starts at N(0, I), so
+    the class starts out without effect and training on labelled data
+    teaches it. Returns `new`."""
+    _built_and_trained(old, new, sample, "condition")
+    if old.context_shape is not None:
+        raise ValueError(f"condition_glow copies an unconditional Glow; {old.name} already has a context.")
+    if getattr(new, "num_classes", None) is None:
+        raise ValueError(f"condition_glow copies into a class-conditional Glow (num_classes set); "
+                         f"{new.name} has none.")
+    old_layers = {layer.name: layer for layer in old.flow.flow_layers}
+    for layer in new.flow.flow_layers:
+        src = old_layers.get(layer.name)
+        if src is None or type(src) is not type(layer):
+            raise ValueError(f"{old.name} has no layer {layer.name!r} of type {type(layer).__name__}: "
+                             f"the two models differ beyond the class conditioning.")
+        if len(src.weights) != len(layer.weights):
+            raise ValueError(f"{layer.name}: {len(src.weights)} weights in {old.name}, "
+                             f"{len(layer.weights)} in {new.name}.")
+        for var_old, var_new in zip(src.weights, layer.weights):
+            value = _np(var_old)
+            shape = tuple(var_new.shape)
+            if value.shape != shape:
+                extra = shape[-2] - value.shape[-2] if len(shape) >= 2 and len(shape) == value.ndim else -1
+                if extra != new.num_classes or value.shape[:-2] + value.shape[-1:] != shape[:-2] + shape[-1:]:
+                    raise ValueError(f"{layer.name}: weight {var_new.path} has shape {shape} in {new.name} "
+                                     f"and {value.shape} in {old.name}; only the class's input channels "
+                                     f"may differ.")
+                value = np.concatenate([value, np.zeros(value.shape[:-2] + (extra,) + value.shape[-1:])], axis=-2)
+            var_new.assign(value.astype(keras_dtype(var_new)))
+    for var in new.base.weights:
+        var.assign(np.zeros(tuple(var.shape), dtype=keras_dtype(var)))
+    return new
+
+
+def keras_dtype(var):
+    import keras
+
+    return keras.backend.standardize_dtype(var.dtype)
 
 
 def _width_arg(text):

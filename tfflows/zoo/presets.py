@@ -59,6 +59,12 @@ def read_manifest():
             if row.get("weights"):
                 out[f"{model}-{preset}"] = dict(model=model, preset=preset, architecture=row["architecture"],
                                                 card=row.get("card"), **row["weights"], **row.get("metrics", {}))
+            # Class-conditional weights of the preset (`glow(preset, num_classes=K, pretrained=True)`).
+            for key, sub in row.get("classes", {}).items():
+                arch = dict(row["architecture"], **sub["architecture"])
+                out[f"{model}-{preset}-{key}"] = dict(model=model, preset=preset, architecture=arch,
+                                                      card=sub.get("card"), **sub["weights"],
+                                                      **sub.get("metrics", {}))
     return out
 
 

@@ -123,6 +123,19 @@ def _built_and_trained(old, new, sample, verb):
                          f"(or loaded) model, not a fresh one.")
 
 
+def _paired_layers(old, new, beyond):
+    """`(layer of new, same-named layer of old)` for every flow layer of
+    `new`; raises if `old` lacks one of the same type (the models differ
+    beyond `beyond`)."""
+    old_layers = {layer.name: layer for layer in old.flow.flow_layers}
+    for layer in new.flow.flow_layers:
+        src = old_layers.get(layer.name)
+        if src is None or type(src) is not type(layer):
+            raise ValueError(f"{old.name} has no layer {layer.name!r} of type {type(layer).__name__}: "
+                             f"the two models differ beyond {beyond}.")
+        yield layer, src
+
+
 def inserted_before(k_old, k_new):
     """The trained steps (0-based, per level) that `deepen_glow` inserts a
     new step before, going from `k_old` to `k_new` steps per level: the
@@ -207,12 +220,7 @@ def widen_glow(old, new, sample=None):
     if shape_old != shape_new:
         raise ValueError(f"widen_glow needs the same levels and steps: {shape_old} (levels, K) "
                          f"vs {shape_new}.")
-    old_layers = {layer.name: layer for layer in old.flow.flow_layers}
-    for layer in new.flow.flow_layers:
-        src = old_layers.get(layer.name)
-        if src is None or type(src) is not type(layer):
-            raise ValueError(f"{old.name} has no layer {layer.name!r} of type {type(layer).__name__}: "
-                             f"the two models differ beyond width.")
+    for layer, src in _paired_layers(old, new, "width"):
         if not (_STEP.match(layer.name) and layer.name.startswith("coupling")):
             layer.set_weights(src.get_weights())
             continue
@@ -260,12 +268,7 @@ def condition_glow(old, new, sample=None):
     if getattr(new, "num_classes", None) is None:
         raise ValueError(f"condition_glow copies into a class-conditional Glow (num_classes set); "
                          f"{new.name} has none.")
-    old_layers = {layer.name: layer for layer in old.flow.flow_layers}
-    for layer in new.flow.flow_layers:
-        src = old_layers.get(layer.name)
-        if src is None or type(src) is not type(layer):
-            raise ValueError(f"{old.name} has no layer {layer.name!r} of type {type(layer).__name__}: "
-                             f"the two models differ beyond the class conditioning.")
+    for layer, src in _paired_layers(old, new, "the class conditioning"):
         if len(src.weights) != len(layer.weights):
             raise ValueError(f"{layer.name}: {len(src.weights)} weights in {old.name}, "
                              f"{len(layer.weights)} in {new.name}.")

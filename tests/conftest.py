@@ -66,7 +66,8 @@ def _jax_rerun_command(file, extra):
     # makes that faster here without changing any value checked.
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1",
                JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+    # The rerun is part of the default suite: it skips the slow-marked tests too.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "not slow",
            os.path.join(here, file), *extra]
     return cmd, env, here
 

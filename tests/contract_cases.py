@@ -28,6 +28,18 @@ class Case:
     context_shape: Optional[tuple] = None  # event shape of the context, for conditional cases
     tolerances: dict = field(default_factory=dict)  # per-case overrides, each with a reason
     local_log_det: bool = False  # forward_local: the log-det per image position (FastFlow's maps)
+    # For log_det="estimate": "unbiased" or "biased" (checked against the layer's
+    # `exact_log_det` over many seeds in test_estimated_log_det_bias).
+    estimator: Optional[str] = None
+    # How test_log_det_matches_autodiff_jacobian_in_float64 gets the Jacobian:
+    # "autodiff", or "finite-difference" where autodiff would differentiate
+    # an adaptive ODE solve (the adjoint: another solve, no more exact than
+    # central differences at a 1e-10 solver tolerance, and minutes per case).
+    jacobian: str = "autodiff"
+    # Marks the case's tests `slow` (out of the default suite): True for all of
+    # them, or a tuple of test-function names. Each slow case keeps a faster
+    # sibling in the default suite.
+    slow: object = False
 
 
 def _glow_step(dtype, c_hidden=8):
@@ -49,6 +61,18 @@ def _conditional_multiscale(dtype):
         L.Squeeze(dtype=dtype), L.AffineCoupling(hidden=8, context_shape=c, dtype=dtype),
         L.Split(context_shape=c, dtype=dtype), L.Coupling("additive", hidden=8, context_shape=c, dtype=dtype),
     ], dtype=dtype)
+
+
+def _ode_tolerances(dtype):
+    tight = dtype == "float64"
+    return {"rtol": 1e-10 if tight else 1e-6, "atol": 1e-10 if tight else 1e-6, "max_num_steps": 5000}
+
+
+# An adaptive solve to rtol = atol = 1e-6 (1e-10 in float64) is accurate to
+# about ten times that after integrating both ways.
+# With a Hutchinson probe in the solver's state, the steps (and so the output)
+# vary from draw to draw at a few times the tolerance (2.4e-5 seen).
+_ODE_TOLERANCES = {"round_trip_rtol": 2e-5, "round_trip_f64_rtol": 1e-8, "log_det_f64_rtol": 1e-6, "draw_rtol": 1e-4}
 
 
 CASES = {
@@ -144,6 +168,34 @@ CASES = {
     "Sylvester-triangular-amortised": Case(
         lambda dt: L.Sylvester("triangular", m=2, context_shape=(2,), dtype=dt), (3, 3), forward=None,
         context_shape=(2,)),
+    # Residual flows: forward is one pass, inverse a fixed-point iteration.
+    "ResidualBlock-exact-vector": Case(
+        lambda dt: L.ResidualBlock(hidden=(8,), lipschitz=0.9, log_det="exact", seed=0, dtype=dt), (3, 4),
+        inverse="iterative"),
+    "ResidualBlock-exact-image-conditional": Case(
+        lambda dt: L.ResidualBlock(hidden=(4,), lipschitz=0.9, log_det="exact", context_shape=(2,), seed=1,
+                                   dtype=dt), (2, 3, 3, 2), inverse="iterative", context_shape=(2,)),
+    "ResidualBlock-roulette-vector": Case(
+        lambda dt: L.ResidualBlock(hidden=(8, 8), lipschitz=0.9, seed=2, dtype=dt), (3, 4),
+        inverse="iterative", log_det="estimate", estimator="unbiased"),
+    "ResidualBlock-series-image": Case(
+        lambda dt: L.ResidualBlock(hidden=(4,), lipschitz=0.9, log_det="series", n_terms=3,
+                                   hutchinson="rademacher", seed=3, dtype=dt), (2, 3, 3, 2),
+        inverse="iterative", log_det="estimate", estimator="biased"),
+    # Continuous flows: both directions are adaptive ODE solves (tolerances by dtype).
+    "ContinuousFlow-exact-vector": Case(
+        lambda dt: L.ContinuousFlow(hidden=(8,), seed=0, dtype=dt, **_ode_tolerances(dt)), (3, 3),
+        forward="iterative", inverse="iterative", tolerances=_ODE_TOLERANCES,
+        jacobian="finite-difference", slow=("test_one_compiled_fit_step", "test_saved_layer_gives_identical_outputs")),
+    "ContinuousFlow-exact-image": Case(
+        lambda dt: L.ContinuousFlow(hidden=(4,), activation="softplus", seed=1, dtype=dt, **_ode_tolerances(dt)),
+        (2, 2, 2, 1), forward="iterative", inverse="iterative", tolerances=_ODE_TOLERANCES,
+        jacobian="finite-difference", slow=True),
+    "ContinuousFlow-hutchinson-conditional": Case(
+        lambda dt: L.ContinuousFlow(hidden=(8,), trace="hutchinson", context_shape=(2,), seed=2, dtype=dt,
+                                    **_ode_tolerances(dt)), (3, 2), forward="iterative", inverse="iterative",
+        log_det="estimate", estimator="unbiased", context_shape=(2,), tolerances=_ODE_TOLERANCES,
+        jacobian="finite-difference"),
     "FlowSequence-glow-step": Case(_glow_step, (2, 3, 3, 4), local_log_det=True),
     "FlowSequence-multiscale": Case(_multiscale, (2, 4, 4, 1), inputs="unit"),
     "FlowSequence-conditional-multiscale": Case(

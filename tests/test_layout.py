@@ -21,7 +21,8 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Longest matching prefix wins.
 RANKS = {
     "tfflows.version": 0, "tfflows.errors": 0, "tfflows.transforms": 0, "tfflows.weights_file": 0, "tfflows.images": 0,
-    "tfflows.serving": 0, "tfflows.optimizers": 0, "tfflows.tf_optimizers": 0,
+    "tfflows.serving": 0, "tfflows.optimizers": 0, "tfflows.tf_optimizers": 0, "tfflows.ode_tf": 0,
+    "tfflows.ode_jax": 0,
     "tfflows.layers.base": 1,
     "tfflows.layers": 2, "tfflows.distributions": 2, "tfflows.datasets": 2,
     "tfflows.models": 3,

@@ -29,6 +29,7 @@ import numpy as np
 from keras import ops
 
 from tfflows.layers.base import FlowLayer, concrete_value, event_size, register
+from tfflows.transforms import accurate_tanh as _tanh
 
 #: The Sylvester flow variants: O-SNF, H-SNF and T-SNF.
 SYLVESTER_KINDS = ("orthogonal", "householder", "triangular")
@@ -52,18 +53,6 @@ def _constant(value):
     def init(shape, dtype=None):
         return np.asarray(value, dtype=dtype or "float32")
     return init
-
-
-def _tanh(x):
-    """`tanh(x)` as `expm1(2x) / (expm1(2x) + 2)`, `x` clipped to [-20, 20]
-    (where tanh is +-1 to float64 precision), accurate to a few ulp.
-
-    Not `keras.ops.tanh`: on JAX with float64 enabled it computes in float32
-    (Keras 3.15's `result_type("float64", float)` is float32 there), which
-    would cap the float64 accuracy of these maps at 1e-7.
-    """
-    e = ops.expm1(2.0 * ops.clip(x, -20.0, 20.0))
-    return e / (e + 2.0)
 
 
 def _default_tolerance(dtype):
@@ -367,8 +356,12 @@ class Planar(_AmortisedFlow):
         return {"u": (d,), "w": (d,), "b": (1,)}
 
     def _initial_values(self, d, rng):
-        lim = 1.0 / np.sqrt(d)
-        return {k: rng.uniform(-lim, lim, size=s) for k, s in self._param_shapes(d).items()}
+        # Wide enough that every layer starts visibly nonlinear (normflows'
+        # ranges): u ~ U(-sqrt 2, sqrt 2), w ~ U(-sqrt(2/D), sqrt(2/D)), b = 0.
+        # The narrower U(-1/sqrt D, 1/sqrt D) of pyro fitted U1-U4 worse.
+        lim_w = np.sqrt(2.0 / d)
+        return {"u": rng.uniform(-np.sqrt(2.0), np.sqrt(2.0), size=(d,)), "w": rng.uniform(-lim_w, lim_w, size=(d,)),
+                "b": np.zeros((1,))}
 
     def _planar_params(self, context, like):
         """`(u_hat, w, b, c, sp)`: `c = w^T u_hat = sp - 1`, `sp = softplus(w^T u) > 0`."""
@@ -475,8 +468,13 @@ class Radial(_AmortisedFlow):
         return {"z0": (d,), "alpha": (1,), "beta": (1,)}
 
     def _initial_values(self, d, rng):
-        lim = 1.0 / np.sqrt(d)
-        return {k: rng.uniform(-lim, lim, size=s) for k, s in self._param_shapes(d).items()}
+        # Centres z0 ~ N(0, I) spread over the base's mass, alpha = |U(-1/D, 1/D)|
+        # (floored at 1e-3) and softplus(beta raw) with beta raw ~ U(-1 - 1/D, -1 + 1/D):
+        # normflows' ranges. Centres near the origin (U(-1/sqrt D, 1/sqrt D))
+        # fitted the ring U1 worse.
+        alpha = np.maximum(np.abs(rng.uniform(-1.0 / d, 1.0 / d, size=(1,))), 1e-3)
+        return {"z0": rng.standard_normal((d,)), "alpha": np.log(np.expm1(alpha)),
+                "beta": rng.uniform(-1.0 - 1.0 / d, -1.0 + 1.0 / d, size=(1,))}
 
     def _radial_params(self, context, like):
         p = self._raw(context, like)

@@ -1,7 +1,8 @@
 """Model zoo: `nice()`, `realnvp()`, `glow()` for images with presets and
 shipped weights (`pretrained=True`); `maf()`, `iaf()`, `nsf()` (and
 `realnvp(data_shape=(dim,))`) for vectors; `planar()`, `radial()`,
-`sylvester()`, `householder()` as variational families; `vae()`, VAEs with
+`sylvester()`, `householder()` as variational families; `resflow()`,
+`ffjord()` (residual and continuous flows, vectors or images); `vae()`, VAEs with
 flow posteriors (`tfflows.vae`); tf.data pipelines
 (`tfflows.zoo.data`). Names load on first use (`tfflows.zoo.presets`, the
 presets table, needs no Keras)."""
@@ -13,10 +14,11 @@ _LAZY = {
     "maf": "vectors", "iaf": "vectors", "nsf": "vectors",
     "planar": "vi", "radial": "vi", "sylvester": "vi", "householder": "vi",
     "vae": "vae",
+    "resflow": "freeform", "ffjord": "freeform",
     "PRESETS": "presets", "WeightsError": "presets", "list_models": "presets", "read_presets": "presets",
     "verified_weights_path": "presets",
     "builders": None, "vectors": None, "presets": None, "data": None, "grow": None,
-    "vi": None,
+    "vi": None, "freeform": None,
 }
 
 

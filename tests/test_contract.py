@@ -270,6 +270,8 @@ def test_estimated_log_det_bias(case_id):
     case = CASES[case_id]
     assert case.estimator in ("unbiased", "biased"), f"{case_id}: declare estimator='unbiased' or 'biased'"
     layer, x, c = make(case_id, dtype="float64")
+    if case.stress is not None:
+        case.stress(layer)
     exact = to_np(layer.exact_log_det(x, context=c))
     reps, calls = 25, 16  # rows per example per call; calls (the standard error is over calls)
     xs = np.repeat(x, reps, axis=0)

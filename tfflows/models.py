@@ -550,13 +550,20 @@ class FlowModel(keras.Model):
             variables = list(self.variables)
 
             def pure(values, x, context):
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return method(x, context)
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                    out = method(x, context)
+                    # Seed-generator states (stochastic log-dets) move on between calls.
+                    return out, [scope.get_current_value(v) for v in state]
 
+            state = [v for v in variables if not v.trainable]
             jitted = jax.jit(pure)
 
             def fn(x, context=None):
-                return jitted([v.value for v in variables], x, context)
+                out, new = jitted([v.value for v in variables], x, context)
+                for v, value in zip(state, new):
+                    if value is not None:
+                        v.assign(value)
+                return out
         else:
             def fn(x, context=None):
                 return method(x, context)

@@ -2,8 +2,10 @@
 `jax.experimental.ode.odeint` (adaptive Dormand-Prince, differentiated by
 the adjoint method). JAX-only; the layer imports it lazily.
 
-`odeint` does not report a solve that stops at `mxstep` steps, so on JAX
-`max_num_steps` caps the work without raising (TensorFlow's solver does)."""
+`odeint` does not report a solve that stops at `mxstep` steps (it returns
+values extrapolated from its last step), so on JAX `max_num_steps` is not
+applied: a solve takes the steps its tolerances need (TensorFlow's solver
+raises at the cap instead)."""
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +46,5 @@ def solve(layer, z, context, sign, probe):
         return sign * f, sign * trace
 
     ts = jnp.asarray([0.0, length], dtype=dtype)
-    states = odeint(func, (z, jnp.zeros((z.shape[0],), dtype)), ts, *args, rtol=layer.rtol, atol=layer.atol,
-                    mxstep=layer.max_num_steps)
+    states = odeint(func, (z, jnp.zeros((z.shape[0],), dtype)), ts, *args, rtol=layer.rtol, atol=layer.atol)
     return states[0][-1], states[1][-1], {}

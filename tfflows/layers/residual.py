@@ -302,8 +302,14 @@ class ResidualBlock(FlowLayer):
     def _roulette_log_det(self, x, kernels, slopes):
         v = self._probe(x)
         q = 1.0 - self.stop_probability
-        u = keras.random.uniform((), minval=1e-12, maxval=1.0, dtype="float32", seed=self.seed_generator)
-        extra = ops.minimum(ops.floor(ops.log(u) / np.log(q)), float(self.max_terms - self.n_exact_terms))
+        # The number of extra terms M, drawn with exact probabilities
+        # P(M = m) = q^m (1 - q) for m < cap and P(M = cap) = q^cap, so that
+        # P(M >= m) = q^m is the weight's inverse for every m <= cap (a float32
+        # uniform's log would put the far tail on a coarse grid).
+        cap = self.max_terms - self.n_exact_terms
+        probs = np.array([q ** m * (1.0 - q) for m in range(cap)] + [q ** cap])
+        logits = ops.convert_to_tensor(np.log(probs)[None].astype("float32"))
+        extra = keras.random.categorical(logits, 1, seed=self.seed_generator)[0, 0]
         n = ops.cast(extra, "int32") + self.n_exact_terms
         fixed_kernels = [ops.stop_gradient(k) for k in kernels]
         fixed_slopes = [ops.stop_gradient(s) for s in slopes]
@@ -394,18 +400,19 @@ class ResidualBlock(FlowLayer):
         scale = 1.0 + ops.abs(y)
         axes = tuple(range(1, len(y.shape)))
 
-        def residual(x):  # per example: max |x + g(x) - y| / (1 + |y|)
-            return ops.max(ops.abs(x + self._net(x, kernels, bias)[0] - y) / scale, axis=axes)
-
         def cond(i, x, res):
-            return ops.logical_and(i < self.max_iterations, ops.max(res) > tolerance)
+            # NaN rows (NaN input) compare False: they neither stop nor hold up the others.
+            return ops.logical_and(i < self.max_iterations, ops.any(res > tolerance))
 
         def body(i, x, res):
-            x = y - self._net(x, kernels, bias)[0]
-            return i + 1, x, residual(x)
+            # x_next - x is minus the residual x + g(x) - y at x, per example
+            # max |.| / (1 + |y|); x_next's own residual is smaller still (Lip(g) < 1).
+            x_next = y - self._net(x, kernels, bias)[0]
+            return i + 1, x_next, ops.max(ops.abs(x_next - x) / scale, axis=axes)
 
+        inf = ops.full((ops.shape(y)[0],), float("inf"), dtype=y.dtype)
         iterations, x, res = ops.while_loop(
-            cond, body, (ops.convert_to_tensor(0, "int32"), y, residual(y)), maximum_iterations=self.max_iterations)
+            cond, body, (ops.convert_to_tensor(0, "int32"), y, inf), maximum_iterations=self.max_iterations)
         self._raise_if_unsolved(res, iterations, tolerance)
         # Rows that missed the tolerance (seen only while tracing) become NaN
         # rather than a silently wrong pre-image.
@@ -421,13 +428,16 @@ class ResidualBlock(FlowLayer):
         bad = np.flatnonzero(~(res <= tolerance))
         if not len(bad):
             return
+        finite = res[np.isfinite(res)]
         rows = ", ".join(str(int(r)) for r in bad[:8]) + (", ..." if len(bad) > 8 else "")
+        nan_rows = int(np.sum(np.isnan(res)))
+        worst = f"{finite.max():.3g}" if finite.size else "NaN"
         raise ValueError(
             f"ResidualBlock '{self.name}' inverse did not converge: after {int(iterations)} fixed-point "
-            f"iterations the residual max|x + g(x) - y| / (1 + |y|) is {np.nanmax(res):.3g} (tolerance "
-            f"{tolerance:g}) for {len(bad)} of {res.shape[0]} rows (rows [{rows}]). The input has NaN or "
-            f"Inf values, or g is not contractive enough (lipschitz={self.lipschitz}) for "
-            f"max_iterations={self.max_iterations}.")
+            f"iterations the residual max|x + g(x) - y| / (1 + |y|) is still above the tolerance {tolerance:g} "
+            f"for {len(bad)} of {res.shape[0]} rows (rows [{rows}]; largest finite residual {worst}, "
+            f"{nan_rows} rows NaN). NaN or Inf input, or g not contractive enough (lipschitz="
+            f"{self.lipschitz}) for max_iterations={self.max_iterations}.")
 
     def get_config(self):
         config = super().get_config()

@@ -37,8 +37,8 @@ class Case:
     # central differences at a 1e-10 solver tolerance, and minutes per case).
     jacobian: str = "autodiff"
     # Marks the case's tests `slow` (out of the default suite): True for all of
-    # them, or a tuple of test-function names. Each slow case keeps a faster
-    # sibling in the default suite.
+    # them, a tuple of test-function names, or `AllBut(names)`. Each slow
+    # test keeps a faster sibling in the default suite.
     slow: object = False
     # For the estimator bias test: a function of the built, perturbed layer that
     # moves it where the estimator's random part matters (e.g. a residual
@@ -84,6 +84,18 @@ def _ode_tolerances(dtype):
 # about ten times that after integrating both ways.
 # With a Hutchinson probe in the solver's state, the steps (and so the output)
 # vary from draw to draw at a few times the tolerance (2.4e-5 seen).
+class AllBut(tuple):
+    """`Case.slow=AllBut(names)`: every test of the case is slow but these."""
+
+
+# Each ODE test traces TFP's solve afresh (seconds each): the default suite
+# keeps the round trip and the log-det against the finite-difference Jacobian
+# (exact case), and the estimator, context and training checks (Hutchinson
+# case); the rest of both, and the image case, run with the slow tests.
+_CNF_EXACT_FAST = AllBut(("test_layer_declares_the_cases_capabilities", "test_inverse_undoes_forward",
+                          "test_log_det_matches_autodiff_jacobian_in_float64"))
+_CNF_HUTCHINSON_FAST = AllBut(("test_layer_declares_the_cases_capabilities", "test_estimated_log_det_bias",
+                               "test_context_changes_the_output", "test_one_compiled_fit_step"))
 _ODE_TOLERANCES = {"round_trip_rtol": 2e-5, "round_trip_f64_rtol": 1e-8, "log_det_f64_rtol": 1e-6, "draw_rtol": 1e-4}
 
 
@@ -198,7 +210,7 @@ CASES = {
     "ContinuousFlow-exact-vector": Case(
         lambda dt: L.ContinuousFlow(hidden=(8,), seed=0, dtype=dt, **_ode_tolerances(dt)), (3, 3),
         forward="iterative", inverse="iterative", tolerances=_ODE_TOLERANCES,
-        jacobian="finite-difference", slow=("test_one_compiled_fit_step", "test_saved_layer_gives_identical_outputs")),
+        jacobian="finite-difference", slow=_CNF_EXACT_FAST),
     "ContinuousFlow-exact-image": Case(
         lambda dt: L.ContinuousFlow(hidden=(4,), activation="softplus", seed=1, dtype=dt, **_ode_tolerances(dt)),
         (2, 2, 2, 1), forward="iterative", inverse="iterative", tolerances=_ODE_TOLERANCES,
@@ -207,7 +219,7 @@ CASES = {
         lambda dt: L.ContinuousFlow(hidden=(8,), trace="hutchinson", context_shape=(2,), seed=2, dtype=dt,
                                     **_ode_tolerances(dt)), (3, 2), forward="iterative", inverse="iterative",
         log_det="estimate", estimator="unbiased", context_shape=(2,), tolerances=_ODE_TOLERANCES,
-        jacobian="finite-difference"),
+        jacobian="finite-difference", slow=_CNF_HUTCHINSON_FAST),
     "FlowSequence-glow-step": Case(_glow_step, (2, 3, 3, 4), local_log_det=True),
     "FlowSequence-multiscale": Case(_multiscale, (2, 4, 4, 1), inputs="unit"),
     "FlowSequence-conditional-multiscale": Case(

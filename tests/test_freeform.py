@@ -240,7 +240,8 @@ def test_continuous_flow_errors_name_the_problem():
 
 
 # -- builders --------------------------------------------------------------------------------
-@pytest.mark.parametrize("builder", ["resflow", pytest.param("ffjord", marks=pytest.mark.slow)])
+@pytest.mark.slow  # FlowModel fits of both families run in the contract's one_compiled_fit_step
+@pytest.mark.parametrize("builder", ["resflow", "ffjord"])
 def test_builders_fit_two_moons_and_the_loss_falls(builder):
     from tfflows import datasets, zoo
 

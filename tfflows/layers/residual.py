@@ -60,12 +60,11 @@ def _default_tolerance(dtype):
     return 1e-12 if keras.backend.standardize_dtype(dtype) == "float64" else 1e-6
 
 
-def _np_conv_same(x, k):
-    """numpy "same" stride-1 convolution (cross-correlation, as Keras):
-    `x (N, H, W, Ci)`, `k (kh, kw, Ci, Co)`."""
+def _np_correlate_same(x, k, top, left):
+    """numpy stride-1 correlation keeping the size: `x (N, H, W, Ci)`, `k (kh,
+    kw, Ci, Co)`, padded by `top`/`left` before and the rest after."""
     kh, kw = k.shape[:2]
-    ph, pw = kh // 2, kw // 2
-    xp = np.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+    xp = np.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
     h, w = x.shape[1:3]
     out = np.zeros(x.shape[:3] + (k.shape[3],), dtype=np.float64)
     for dy in range(kh):
@@ -74,20 +73,17 @@ def _np_conv_same(x, k):
     return out
 
 
+def _np_conv_same(x, k):
+    """numpy "same" stride-1 convolution (cross-correlation, as Keras)."""
+    return _np_correlate_same(x, k, k.shape[0] // 2, k.shape[1] // 2)
+
+
 def _np_conv_same_transpose(a, k):
-    """The adjoint of `_np_conv_same` (same kernel): `(N, H, W, Co) -> (N, H, W, Ci)`."""
-    flipped = np.transpose(k[::-1, ::-1], (0, 1, 3, 2))
+    """The adjoint of `_np_conv_same` (same kernel): `(N, H, W, Co) -> (N, H, W, Ci)`:
+    the "same" correlation with the flipped, transposed kernel, padded on the
+    other side for even sizes."""
     kh, kw = k.shape[:2]
-    # The adjoint of a "same" correlation is the "same" correlation with the
-    # flipped, transposed kernel, padded on the other side for even sizes.
-    ph, pw = kh - 1 - kh // 2, kw - 1 - kw // 2
-    ap = np.pad(a, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
-    h, w = a.shape[1:3]
-    out = np.zeros(a.shape[:3] + (flipped.shape[3],), dtype=np.float64)
-    for dy in range(kh):
-        for dx in range(kw):
-            out += np.einsum("nhwc,cd->nhwd", ap[:, dy:dy + h, dx:dx + w], flipped[dy, dx])
-    return out
+    return _np_correlate_same(a, np.transpose(k[::-1, ::-1], (0, 1, 3, 2)), kh - 1 - kh // 2, kw - 1 - kw // 2)
 
 
 @register

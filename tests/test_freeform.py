@@ -263,14 +263,15 @@ def test_builders_fit_two_moons_and_the_loss_falls(builder):
     assert sample.shape == (64, 2) and np.all(np.isfinite(sample))
 
 
-@pytest.mark.parametrize("builder", ["resflow", "ffjord"])
-def test_image_builders_give_bits_per_dim(builder):
+@pytest.mark.parametrize("builder,squeeze", [("resflow", True), ("ffjord", False), ("ffjord", True)])
+def test_image_builders_give_bits_per_dim(builder, squeeze):
     from tfflows import zoo
 
     x = np.random.default_rng(0).uniform(0, 1, (2, 4, 4, 1)).astype("float32")
     if builder == "resflow":
-        model = zoo.resflow((4, 4, 1), blocks=1, hidden=(4,), squeeze=True, seed=0)
+        model = zoo.resflow((4, 4, 1), blocks=1, hidden=(4,), squeeze=squeeze, seed=0)
     else:
-        model = zoo.ffjord((4, 4, 1), hidden=(4,), rtol=1e-3, atol=1e-3, seed=0)
+        model = zoo.ffjord((4, 4, 1), hidden=(4,), rtol=1e-3, atol=1e-3, squeeze=squeeze, seed=0)
     bpd = to_np(model.bits_per_dim(x))
     assert bpd.shape == (2,) and np.all(np.isfinite(bpd)) and np.all(bpd > 0)
+    assert tuple(model.latent_shape) == ((2, 2, 4) if squeeze else (4, 4, 1))

@@ -12,6 +12,7 @@ CHECKS = {
     "quickstart.ipynb": ["test bits/dim on 500 images", "reconstruction error"],
     "moons.ipynb": ["test NLL", "the context matters", "samples finite: True"],
     "energies.ipynb": ["KL = log Z - ELBO in nats", "all fits finite: True"],
+    "freeform.ipynb": ["test NLL in nats", "samples finite: True", "largest round-trip error"],
     "apps.ipynb": ["Bayes classifier on", "largest end-point error", "of the MAP fills", "AUROC",
                    "pixel AUROC"],
 }

@@ -354,9 +354,14 @@ def cmd_list(args):
     flags = max(len(r["flags"]) for r in rows)
     print(f"{'Python':{width}s}  {'tfflows CLI':{flags}s}  weights and measured test bits/dim")
     for row in rows:
-        if row["pretrained"]:
+        m = row["metrics"]
+        if row["pretrained"] and row["test_bpd"] is not None:
             what = (f"shipped: {row['test_bpd']:.4f} ± {row['test_bpd_stderr']:.4f} bits/dim on MNIST's 10k "
                     f"test images (card: {row['card']})")
+        elif row["pretrained"] and "test_neg_elbo" in m:  # a VAE
+            what = (f"shipped: test -ELBO {m['test_neg_elbo']:.2f} ± {m['test_neg_elbo_stderr']:.2f} nats, "
+                    f"NLL {m['test_nll']:.2f} ± {m['test_nll_stderr']:.2f} (importance-sampled) on binarized MNIST "
+                    f"(card: {row['card']})")
         else:
             what = "no weights ship (train with tfflows train)"
         print(f"{row['call']:{width}s}  {row['flags']:{flags}s}  {what}")

@@ -108,6 +108,10 @@ def verified_weights_path(key, weights_dir=None):
 
 
 
+#: The models `tfflows train` / `evaluate` / `sample` / `export` build (`--model`).
+CLI_MODELS = ("glow", "realnvp", "nice")
+
+
 def list_models():
     """Every (model, preset): its builder call, its `tfflows` CLI flags, its
     architecture, whether weights ship and, where they do, the measured
@@ -122,9 +126,11 @@ def list_models():
             rows.append(dict(
                 name=key, model=name, preset=preset,
                 call=f"tfflows.zoo.{name}(preset={preset!r}{', pretrained=True' if shipped else ''})",
-                flags=f"--model {name} --preset {preset}" + (" --pretrained" if shipped else ""),
+                flags=(f"--model {name} --preset {preset}" + (" --pretrained" if shipped else "")
+                       if name in CLI_MODELS else "(Python only)"),
                 architecture={k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
                 pretrained=shipped, card=entry.get("card"),
                 test_bpd=entry.get("test_bpd"), test_bpd_stderr=entry.get("test_bpd_stderr"),
+                metrics={k: v for k, v in entry.items() if k.startswith("test_")},
             ))
     return rows

@@ -113,9 +113,19 @@ def _random_amortisation_bias(layers, seed):
             dense.bias.assign(rng.uniform(-lim, lim, tuple(dense.bias.shape)).astype(dense.bias.dtype))
 
 
-def vae(posterior="gaussian", latent_dim=64, flows=None, hidden=(300, 300), context_dim=256, data_shape=(784,),
-        m=None, n_reflections=None, made_hidden=None, activation="elu", warmup_steps=0, seed=None):
+#: The builder's architecture defaults (what a preset's architecture may set).
+ARCH_DEFAULTS = dict(posterior="gaussian", latent_dim=64, flows=None, hidden=(300, 300), context_dim=256,
+                     data_shape=(784,), m=None, n_reflections=None, made_hidden=None, activation="elu")
+
+
+def vae(posterior=None, latent_dim=None, flows=None, hidden=None, context_dim=None, data_shape=None,
+        m=None, n_reflections=None, made_hidden=None, activation=None, warmup_steps=0, seed=None,
+        preset=None, pretrained=False):
     """A VAE for binary data whose posterior is `posterior` (see the module's table).
+
+    `tfflows.zoo.vae(preset="mnist", pretrained=True)` is the shipped MNIST
+    VAE (a Householder-flow posterior, trained for 10 CPU-minutes; card:
+    `zoo/vae-mnist/README.md`), its weights sha256-checked before loading.
 
     Args:
         posterior: `"gaussian"`, `"planar"`, `"iaf"`, `"householder"`,
@@ -135,6 +145,11 @@ def vae(posterior="gaussian", latent_dim=64, flows=None, hidden=(300, 300), cont
         activation: the MLPs' activation. Defaults to `"elu"`.
         warmup_steps: KL warm-up steps (`VAE`). Defaults to 0.
         seed: seed of the initial weights and of the training noise.
+        preset: a preset of the presets table (`"mnist"`): its architecture,
+            where an argument is left `None`. Defaults to none.
+        pretrained: load the preset's shipped weights (`preset` defaults to
+            `"mnist"`); an architecture argument that differs from the
+            shipped one raises `WeightsError`. Defaults to False.
 
     Returns:
         an uncompiled `tfflows.vae.VAE`.
@@ -143,10 +158,51 @@ def vae(posterior="gaussian", latent_dim=64, flows=None, hidden=(300, 300), cont
     Rezende & Mohamed 2015; Kingma et al. 2016 (IAF); Tomczak & Welling
     2016 (Householder flow).
     """
-    q = posterior_flow(posterior, latent_dim, context_dim, flows=flows, m=m, n_reflections=n_reflections,
-                       made_hidden=made_hidden, seed=seed)
-    return VAE(q, data_shape=data_shape, hidden=hidden, activation=activation, warmup_steps=warmup_steps, seed=seed,
-               name=f"vae_{posterior.replace('-', '_')}")
+    given = dict(posterior=posterior, latent_dim=latent_dim, flows=flows, hidden=hidden, context_dim=context_dim,
+                 data_shape=data_shape, m=m, n_reflections=n_reflections, made_hidden=made_hidden,
+                 activation=activation)
+    arch = dict(ARCH_DEFAULTS)
+    if pretrained and preset is None:
+        preset = "mnist"
+    if preset is not None:
+        arch.update(_preset_architecture(preset, given, pretrained))
+    arch.update({k: v for k, v in given.items() if v is not None})
+    a = types.SimpleNamespace(**arch)
+    q = posterior_flow(a.posterior, a.latent_dim, a.context_dim, flows=a.flows, m=a.m, n_reflections=a.n_reflections,
+                       made_hidden=a.made_hidden, seed=seed)
+    model = VAE(q, data_shape=tuple(a.data_shape), hidden=tuple(a.hidden), activation=a.activation,
+                warmup_steps=warmup_steps, seed=seed, name=f"vae_{a.posterior.replace('-', '_')}")
+    if pretrained:
+        from tfflows.zoo.presets import verified_weights_path
+
+        # The encoder and decoder are built; the posterior's layers build on a first call.
+        model.posterior.log_prob(np.zeros((1, model.latent_dim), "float32"),
+                                 context=np.zeros((1, model.context_dim), "float32"))
+        model.load_weights(verified_weights_path(f"vae-{preset}"))
+    return model
+
+
+def _preset_architecture(preset, given, pretrained):
+    """The preset's architecture (tuples for lists); with `pretrained`, a
+    `WeightsError` if a given argument differs from it."""
+    from tfflows.zoo.presets import PRESETS, WeightsError
+
+    presets = PRESETS.get("vae", {})
+    if preset not in presets:
+        raise ValueError(f"Unknown vae preset {preset!r}; choose one of {sorted(presets)}.")
+    arch = {k: (tuple(v) if isinstance(v, list) else v) for k, v in presets[preset].items()}
+    if pretrained:
+        shipped = dict(ARCH_DEFAULTS, **arch)
+        differ = {k: f"shipped {shipped[k]!r}, asked {v!r}" for k, v in given.items()
+                  if v is not None and _as_tuple(v) != _as_tuple(shipped[k])}
+        if differ:
+            raise WeightsError(f"The pretrained vae {preset!r} weights were trained with another architecture: "
+                               f"{differ}. Drop those arguments or use pretrained=False.")
+    return arch
+
+
+def _as_tuple(v):
+    return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
 class _CallableModule(types.ModuleType):

@@ -57,7 +57,11 @@ def test_n_bits_reduction_and_deterministic_modes():
     (x,) = _batches(data.load(u8, batch_size=4, shuffle=False, n_bits=5, dequantize="none"), 1)
     np.testing.assert_allclose(x.ravel(), (np.array([0, 0, 1, 31]) + 0.5) / 32)
     (v,) = _batches(data.load(u8, batch_size=4, shuffle=False, dequantize="variational"), 1)
-    np.testing.assert_allclose(v.ravel(), u8.ravel() / 256.0)
+    np.testing.assert_array_equal(v.ravel(), u8.ravel().astype("float32"))  # pixel values for the model's dequantizer
+    (v,) = _batches(data.load(u8, batch_size=4, shuffle=False, n_bits=5, dequantize="variational"), 1)
+    np.testing.assert_array_equal(v.ravel(), [0, 0, 1, 31])
+    with pytest.raises(ValueError, match="logit"):
+        data.load(u8, dequantize="variational", logit=0.05)
 
 
 def test_logit_option_matches_the_formula():

@@ -355,3 +355,36 @@ def test_ship_live_weights_are_the_last_checkpoints_not_the_ema(tmp_path):
         ship.load_live_weights(model, run, step + 1)
     with pytest.raises(ValueError, match=r"has no checkpoint"):
         ship.load_live_weights(model, str(tmp_path), step)
+
+
+def test_spline_glow_inverts_and_counts_its_log_det():
+    model = tfflows.zoo.glow(preset="mnist-tiny", coupling="spline", bins=4, hidden=8)
+    kinds = {type(l).__name__ for l in model.flow.flow_layers}
+    assert "SplineCoupling" in kinds and "AffineCoupling" not in kinds
+    x = np.random.default_rng(0).uniform(0, 1, (3,) + model.data_shape).astype("float32")
+    model.initialize(x)
+    for v in model.trainable_variables:  # non-identity splines
+        v.assign(v + 0.05 * np.random.default_rng(1).standard_normal(tuple(v.shape)).astype("float32"))
+    z = model.encode(x)
+    np.testing.assert_allclose(to_np(model.decode(z)), x, atol=2e-4)
+    assert np.all(np.isfinite(to_np(model.bits_per_dim(x))))
+    with pytest.raises(ValueError, match="coupling"):
+        tfflows.zoo.glow(preset="mnist-tiny", coupling="additive")
+    with pytest.raises(ValueError, match="coupling='spline'"):
+        tfflows.zoo.glow(preset="mnist-tiny", bins=4)
+
+
+def test_glow_with_variational_dequantization_takes_pixels_and_trains():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = tfflows.zoo.glow(preset="mnist-tiny", hidden=8, dequantize="variational")
+    assert model.dequantizer is not None
+    x = np.random.default_rng(0).integers(0, 256, (64,) + model.data_shape).astype("uint8")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(x, batch_size=16, epochs=4, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    with pytest.raises(ValueError, match="integer pixel values"):
+        model.bits_per_dim(x.astype("float32") / 256.0)
+    with pytest.raises(ValueError, match="dequantize"):
+        tfflows.zoo.glow(preset="mnist-tiny", dequantize="gaussian")

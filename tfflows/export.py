@@ -108,6 +108,10 @@ def _stateless_noise(kind, key, shape):
 def _check_exportable(model):
     if not (hasattr(model, "flow") and hasattr(model, "base") and hasattr(model, "data_shape")):
         raise TypeError(f"tfflows.export.save needs a tfflows FlowModel, got {type(model).__name__}.")
+    if getattr(model, "dequantizer", None) is not None:
+        raise NotImplementedError(
+            f"tfflows.export does not serve models with a variational dequantizer yet (model '{model.name}'): "
+            f"its signatures dequantize with uniform noise. Export a model without one.")
     if model.n_bits is not None and model.n_bits > 8:
         raise ValueError(
             f"tfflows.export serves uint8 images, so the model's n_bits must be at most 8. "

@@ -219,7 +219,7 @@ class FlowModel(keras.Model):
     """
 
     def __init__(self, flow, base="normal", data_shape=None, n_bits=8, context_shape=None, num_classes=None,
-                 **kwargs):
+                 dequantizer=None, **kwargs):
         # The flow's own arithmetic, log-dets and the loss stay float32 under a
         # mixed-precision global policy; only the coupling nets (plain Keras
         # layers called inside) compute in bfloat16/float16.
@@ -251,6 +251,19 @@ class FlowModel(keras.Model):
         self.num_classes = num_classes
         self.context_shape = None if context_shape is None else tuple(int(d) for d in context_shape)
         self.dims = event_size((None,) + self.data_shape)
+        if isinstance(dequantizer, dict):
+            dequantizer = keras.saving.deserialize_keras_object(dequantizer)
+        if dequantizer is not None:
+            from tfflows.layers.dequantize import VariationalDequantizer
+
+            if not isinstance(dequantizer, VariationalDequantizer):
+                raise TypeError(f"FlowModel dequantizer must be a tfflows.layers.VariationalDequantizer; "
+                                f"got {type(dequantizer).__name__}.")
+            if self.n_bits is None or (dequantizer.data_shape, dequantizer.n_bits) != (self.data_shape, self.n_bits):
+                raise ValueError(f"FlowModel's dequantizer models {dequantizer.n_bits}-bit images of shape "
+                                 f"{dequantizer.data_shape}; the model has data_shape={self.data_shape}, "
+                                 f"n_bits={self.n_bits}.")
+        self.dequantizer = dequantizer
         self.loss_tracker = keras.metrics.Mean(name="bpd" if self.n_bits is not None else "nll")
         self.build((None,) + self.data_shape)
 
@@ -261,6 +274,8 @@ class FlowModel(keras.Model):
         self.latent_shape = tuple(self.flow.compute_output_shape((None,) + self.data_shape)[1:])
         if not self.base.built:
             self.base.build((None,) + self.latent_shape)
+        if self.dequantizer is not None and not self.dequantizer.built:
+            self.dequantizer.build((None,) + self.data_shape)
         self.built = True
 
     def latent_layout(self):
@@ -309,6 +324,47 @@ class FlowModel(keras.Model):
         if dtype != self.compute_dtype:
             x = x.astype(self.compute_dtype) if isinstance(x, np.ndarray) else ops.cast(x, self.compute_dtype)
         return x
+
+    def check_pixels(self, x, what="images"):
+        """Checks a batch of integer pixel values for a model with a
+        `dequantizer` (any int or float dtype holding integers in
+        `[0, 2^n_bits)`) and returns it as floats. Raises `ValueError` naming
+        the problem (shape, empty batch, NaN/Inf, non-integer or
+        out-of-range values) where the values are known."""
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        if "float" not in dtype and "int" not in dtype:
+            raise TypeError(f"FlowModel '{self.name}' (variational dequantization) expects integer pixel values, "
+                            f"got dtype {dtype}.")
+        if len(x.shape) >= 1 and x.shape[0] == 0:
+            raise ValueError(f"FlowModel got an empty batch of {what} (shape {tuple(x.shape)}).")
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"FlowModel expects {what} of shape (batch, {', '.join(map(str, self.data_shape))}), "
+                             f"got {tuple(x.shape)}.")
+        value = concrete_value(x)
+        if value is not None and value.size:
+            top = 2 ** self.n_bits - 1
+            if "float" in dtype and not np.all(np.isfinite(value)):
+                raise ValueError(f"FlowModel got {int(np.sum(~np.isfinite(value)))} NaN or infinite value(s) in "
+                                 f"its {what}.")
+            if value.min() < 0 or value.max() > top or ("float" in dtype and np.any(value != np.round(value))):
+                raise ValueError(
+                    f"FlowModel '{self.name}' dequantizes its own input (variational dequantization): it takes "
+                    f"integer pixel values in [0, {top}] (uint8 images as they are), got values in "
+                    f"[{float(value.min()):g}, {float(value.max()):g}]"
+                    + (" that are not all integers" if "float" in dtype and np.any(value != np.round(value))
+                       else "") + ".")
+        return x.astype(self.compute_dtype) if isinstance(x, np.ndarray) else ops.cast(x, self.compute_dtype)
+
+    def dequantize(self, x, training=False):
+        """`(y, log q(u | x))` for a model with a `dequantizer`: `y = (x + u)
+        / 2^n_bits` in `[0, 1)` with `u ~ q(u | x)`, one draw per row."""
+        if self.dequantizer is None:
+            raise ValueError(f"FlowModel '{self.name}' has no dequantizer (it takes dequantized data).")
+        x = self.check_pixels(x)
+        u, log_q = self.dequantizer(x, training=training)
+        return (x + u) / float(2 ** self.n_bits), log_q
 
     def check_context(self, context, batch):
         """Checks `context` against `context_shape` and `batch` rows; returns
@@ -389,18 +445,71 @@ class FlowModel(keras.Model):
     # -- density ---------------------------------------------------------------
     def log_prob(self, x, context=None, training=False):
         """`log p(x | context)` in nats per example, `(batch,)`; for images the
-        density on `[0, 1)^D`."""
-        x = self.check_data(x)
+        density on `[0, 1)^D`.
+
+        With a `dequantizer` (variational dequantization), `x` holds integer
+        pixel values and the result is a one-draw estimate of the bound
+        `E_q[log p(y) - log q(u | x)]`, `y = (x + u) / 2^n_bits`, so that
+        `bits_per_dim` and the training loss are the bound in bits/dim."""
+        if self.dequantizer is not None:
+            x, log_q = self.dequantize(x, training=training)
+        else:
+            x, log_q = self.check_data(x), None
         context = self.check_context(context, x.shape[0])
         z, log_det = self.flow.forward(x, context=context, training=training)
-        return self.base.log_prob(z, context=context) + log_det
+        log_p = self.base.log_prob(z, context=context) + log_det
+        return log_p if log_q is None else log_p - log_q
+
+    def dequantized_bound(self, x, context=None, draws=16, importance=False, seed=None):
+        """The dequantization bound of integer images `x` in bits/dim per
+        example, `(batch,)`, from `draws` noise draws each: their mean (the
+        bound `E_q[...]`, as `bits_per_dim` estimates from one draw) or, with
+        `importance=True`, the importance-weighted bound `-log (1/K) sum_k
+        p(y_k) / q(u_k | x)` (Burda et al.; tighter, and tending to the
+        model's discrete likelihood as `draws` grows). Also works for a
+        model without a dequantizer (uniform noise, `log q = 0`). numpy
+        float64; `seed` seeds the draws."""
+        if self.n_bits is None:
+            raise ValueError(f"FlowModel '{self.name}' models continuous data (n_bits=None).")
+        draws = _int_arg(draws, "draws")
+        if draws < 1:
+            raise ValueError(f"FlowModel.dequantized_bound needs draws >= 1. Received: draws={draws}")
+        scale = float(2 ** self.n_bits)
+        if self.dequantizer is not None:
+            pixels = self.check_pixels(x)
+        else:
+            pixels = np.asarray(x)
+            if "int" not in keras.backend.standardize_dtype(pixels.dtype):
+                raise TypeError("FlowModel.dequantized_bound takes integer pixel values (e.g. uint8 images).")
+            pixels = pixels.astype(self.compute_dtype)
+        rng = np.random.default_rng(seed)
+        log_w = []
+        for _ in range(draws):
+            if self.dequantizer is not None:
+                eps = rng.standard_normal(np.shape(pixels)).astype(self.compute_dtype)
+                u, log_q = self.dequantizer.log_q(pixels, eps)
+                y = (pixels + u) / scale
+            else:
+                y = (pixels + rng.uniform(size=np.shape(pixels)).astype(self.compute_dtype)) / scale
+                log_q = 0.0
+            z, log_det = self.flow.forward(y, context=self.check_context(context, pixels.shape[0]))
+            log_p = self.base.log_prob(z, context=self.check_context(context, pixels.shape[0])) + log_det
+            log_w.append(np.asarray(ops.convert_to_numpy(log_p - log_q), dtype=np.float64))
+        log_w = np.stack(log_w)  # (draws, batch)
+        if importance:
+            m = log_w.max(axis=0)
+            bound = m + np.log(np.mean(np.exp(log_w - m), axis=0))
+        else:
+            bound = log_w.mean(axis=0)
+        return bits_per_dim(bound, self.dims, self.n_bits)
 
     def bits_per_dim(self, x, context=None, training=False):
         """Bits per dimension of `n_bits`-bit data per example, `(batch,)`."""
         if self.n_bits is None:
             raise ValueError(f"FlowModel '{self.name}' models continuous data (n_bits=None): bits/dim is "
                              f"defined for discrete data only; use log_prob.")
-        x = self.check_data(x, unit_interval=True)
+        if self.dequantizer is None:  # integer pixels with one: log_prob checks them
+            x = self.check_data(x, unit_interval=True)
         return bits_per_dim(self.log_prob(x, context=context, training=training), self.dims, self.n_bits)
 
     def loss_from_log_prob(self, log_prob):
@@ -669,10 +778,13 @@ class FlowModel(keras.Model):
             return hooks.initialize(self, batch, context=context)
         x, batch_context = self.split_batch(batch)
         context = batch_context if context is None else context
-        x = self.check_data(x)
+        if self.dequantizer is not None:
+            x, log_q = self.dequantize(x)
+        else:
+            x, log_q = self.check_data(x), 0.0
         context = self.check_context(context, x.shape[0])
         z, log_det = self.flow.initialize(x, context=context)
-        loss = self.loss_from_log_prob(self.base.log_prob(z, context=context) + log_det)
+        loss = self.loss_from_log_prob(self.base.log_prob(z, context=context) + log_det - log_q)
         return float(ops.convert_to_numpy(ops.mean(loss)))
 
     def split_batch(self, batch):
@@ -781,6 +893,8 @@ class FlowModel(keras.Model):
             config["num_classes"] = self.num_classes
         elif self.context_shape is not None:
             config["context_shape"] = list(self.context_shape)
+        if self.dequantizer is not None:
+            config["dequantizer"] = keras.saving.serialize_keras_object(self.dequantizer)
         return config
 
     @classmethod

@@ -324,6 +324,9 @@ def bpd_per_draw(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8)
 
     Returns a float64 array of shape `(draws, n_images)`; the noise comes from
     `numpy.random.default_rng(seed)`, one draw of the whole set after another.
+    A model with a variational dequantizer (`model.dequantizer`) gets the
+    integer pixels and draws its own noise (from its seed generator): each
+    row is then a one-draw estimate of its bound.
     """
     from tfflows.zoo.data import dequantize_images  # the one dequantization formula
 
@@ -337,8 +340,12 @@ def bpd_per_draw(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8)
     # cannot fire here.
     make = getattr(model, "make_bits_per_dim_function", None)
     bpd = make() if make is not None else model.bits_per_dim
+    learned = getattr(model, "dequantizer", None) is not None
     for d in range(draws):
-        x = np.asarray(dequantize_images(images, rng.random(images.shape, dtype=np.float32), n_bits))
+        if learned:  # the bin indices; the model adds its own noise
+            x = np.right_shift(images.astype(np.int32), 8 - n_bits).astype(np.float32)
+        else:
+            x = np.asarray(dequantize_images(images, rng.random(images.shape, dtype=np.float32), n_bits))
         out[d] = np.concatenate([
             np.asarray(keras.ops.convert_to_numpy(bpd(x[i:i + batch_size])))
             for i in range(0, x.shape[0], batch_size)

@@ -4,6 +4,7 @@ from tfflows.layers.base import (LAYER_REGISTRY, FactorOut, FlowLayer, FlowSeque
                                  sum_except_batch)
 from tfflows.layers.autoregressive import MADE, MaskedAutoregressive, MaskedDense
 from tfflows.layers.continuous import ContinuousFlow
+from tfflows.layers.dequantize import VariationalDequantizer
 from tfflows.layers.coupling import AdditiveCoupling, AffineCoupling, Coupling, SplineCoupling, checkerboard_mask
 from tfflows.layers.elementwise import ElementwiseSpline, PiecewiseLinear
 from tfflows.layers.linear import Householder, Invertible1x1Conv, LULinear, Permute, QRLinear, Reverse
@@ -24,5 +25,5 @@ __all__ = [
     "ActNorm", "DiagonalScaling", "LogitTransform", "Rescale",
     "Reshape", "Split", "Squeeze", "Unsqueeze",
     "Planar", "Radial", "Sylvester",
-    "ResidualBlock", "ContinuousFlow",
+    "ResidualBlock", "ContinuousFlow", "VariationalDequantizer",
 ]

@@ -64,8 +64,11 @@ def glow_widths(hidden, levels):
     return [int(w) for w in widths]
 
 
+GLOW_COUPLINGS = ("affine", "spline")
+
+
 def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, preprocess="center",
-              alpha=0.05, context_shape=None, class_couplings=False):
+              alpha=0.05, context_shape=None, class_couplings=False, coupling="affine", bins=8, bound=3.0):
     """Glow (Kingma & Dhariwal 2018): per level, squeeze, then `steps` x
     (ActNorm, invertible 1x1 conv, affine coupling), then split (not after
     the last level). Data in [0, 1) is first shifted to [-0.5, 0.5)
@@ -77,8 +80,13 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
     the coupling width: one int, or one per level (`[160, 128]` widens only
     the first level's nets). With a `context_shape` (class-conditional
     Glow: a one-hot class), the split priors read the context, and so do
-    the couplings' nets if `class_couplings`."""
+    the couplings' nets if `class_couplings`. `coupling="spline"` puts
+    rational-quadratic spline couplings (`SplineCoupling`, `bins` bins on
+    `[-bound, bound]`, identity tails; Durkan et al. 2019) in place of the
+    affine ones."""
     _check_divisible("glow", data_shape, levels)
+    if coupling not in GLOW_COUPLINGS:
+        raise ValueError(f"glow coupling must be one of {GLOW_COUPLINGS}. Received: coupling={coupling!r}")
     widths = glow_widths(hidden, levels)
     if preprocess == "center":
         flow = [L.Rescale(1.0, -0.5, name="center")]
@@ -92,9 +100,12 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
             flow += [
                 L.ActNorm(name=f"actnorm{i}_{k}"),
                 L.Invertible1x1Conv(lu=lu, seed=1000 * i + k, name=f"invconv{i}_{k}"),
-                L.AffineCoupling(mask="channel", scale="sigmoid", hidden=widths[i],
-                                 context_shape=context_shape if class_couplings else None,
-                                 name=f"coupling{i}_{k}"),
+                (L.AffineCoupling(mask="channel", scale="sigmoid", hidden=widths[i],
+                                  context_shape=context_shape if class_couplings else None,
+                                  name=f"coupling{i}_{k}") if coupling == "affine" else
+                 L.SplineCoupling(bins=bins, bound=bound, mask="channel", hidden=widths[i],
+                                  context_shape=context_shape if class_couplings else None,
+                                  name=f"coupling{i}_{k}")),
             ]
         if i < levels - 1:
             flow.append(L.Split(learned_prior=learned_prior,
@@ -144,9 +155,20 @@ def nice_flow(data_shape, couplings, hidden, depth):
     return L.FlowSequence(flow, name="nice")
 
 
-def _finish(model_name, preset, config, flow, base, pretrained):
+def _dequantizer(config, dequantize):
+    """The model's `VariationalDequantizer` for `dequantize="variational"`, else `None`."""
+    if dequantize in (None, "uniform"):
+        return None
+    if dequantize != "variational":
+        raise ValueError(f"dequantize must be 'uniform' (the data pipeline's noise) or 'variational' (a learned "
+                         f"dequantizer inside the model). Received: dequantize={dequantize!r}")
+    return L.VariationalDequantizer(config["data_shape"], n_bits=config.get("n_bits", 8), name="dequantizer")
+
+
+def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None):
     model = FlowModel(flow, base=base, data_shape=config["data_shape"],
-                      n_bits=config.get("n_bits", 8), name=f"{model_name}_{preset}".replace("-", "_"))
+                      n_bits=config.get("n_bits", 8), dequantizer=_dequantizer(config, dequantize),
+                      name=f"{model_name}_{preset}".replace("-", "_"))
     if pretrained:
         load_pretrained(model, f"{model_name}-{preset}", config)
     return model
@@ -154,7 +176,7 @@ def _finish(model_name, preset, config, flow, base, pretrained):
 
 def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, lu=None,
          learned_prior=True, data_shape=None, n_bits=None, preprocess=None, alpha=None,
-         num_classes=None, class_couplings=False):
+         num_classes=None, class_couplings=False, coupling=None, bins=None, bound=None, dequantize=None):
     """Glow, as `FlowModel`. `levels` L, `steps` K per level, `hidden` the
     coupling width (an int, or a list with one width per level), `lu` the
     1x1-conv parametrisation, `preprocess` `"center"` or `"logit"` (with
@@ -169,10 +191,22 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
     coupling net. `model.log_prob(x, context=labels)`,
     `model.sample(n, context=labels)`. `pretrained=True` with
     `num_classes=10` loads the shipped class-conditional MNIST weights,
-    trained from the unconditional ones (`tfflows.zoo.grow.condition_glow`)."""
+    trained from the unconditional ones (`tfflows.zoo.grow.condition_glow`).
+
+    `coupling="spline"` (with `bins`, default 8, and `bound`, default 3)
+    uses rational-quadratic spline couplings instead of affine ones (NSF's
+    Glow). `dequantize="variational"` gives the model a learned
+    dequantizer (`tfflows.layers.VariationalDequantizer`, Flow++): it then
+    takes integer pixel values and its bits/dim is the variational bound."""
     config = _config("glow", preset, dict(levels=levels, steps=steps, hidden=hidden, lu=lu,
                                           data_shape=data_shape, n_bits=n_bits,
-                                          preprocess=preprocess, alpha=alpha), optional=("alpha",))
+                                          preprocess=preprocess, alpha=alpha, coupling=coupling, bins=bins,
+                                          bound=bound),
+                     optional=("alpha", "coupling", "bins", "bound"))
+    if config.get("coupling", "affine") != "spline" and ("bins" in config or "bound" in config):
+        raise ValueError("glow bins and bound set the spline couplings: pass coupling='spline' too.")
+    spline = dict(coupling=config.get("coupling", "affine"), bins=config.get("bins", 8),
+                  bound=config.get("bound", 3.0))
     if "alpha" in config and config["preprocess"] != "logit":
         raise ValueError(f"glow alpha={config['alpha']} needs preprocess='logit'; "
                          f"this model uses preprocess={config['preprocess']!r}.")
@@ -181,17 +215,18 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
             raise ValueError("glow class_couplings=True needs num_classes (the classes to condition on).")
         flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                          lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
-                         alpha=config.get("alpha", 0.05))
-        return _finish("glow", preset, config, flow, "normal", pretrained)
+                         alpha=config.get("alpha", 0.05), **spline)
+        return _finish("glow", preset, config, flow, "normal", pretrained, dequantize)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ValueError(f"glow num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
     context_shape = (int(num_classes),)
     flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                      lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
                      alpha=config.get("alpha", 0.05), context_shape=context_shape,
-                     class_couplings=class_couplings)
+                     class_couplings=class_couplings, **spline)
     model = FlowModel(flow, base=distributions.ConditionalNormal(context_shape, name="prior"),
                       data_shape=config["data_shape"], n_bits=config.get("n_bits", 8), num_classes=num_classes,
+                      dequantizer=_dequantizer(config, dequantize),
                       name=f"glow_{preset}_classes{num_classes}".replace("-", "_"))
     if pretrained:
         key = f"glow-{preset}-classes{num_classes}" + ("-couplings" if class_couplings else "")

@@ -211,8 +211,10 @@ def dequantize_fn(n_bits=8, dequantize="uniform", logit=None):
     `n_bits` keeps the top bits (Glow's 5-bit trick): `k = u8 >> (8 - n_bits)`.
     `uniform`: `x = (k + u) / 2^n_bits`, `u ~ U[0, 1)` (stateless, seeded per
     element). `none`: bin centres `(k + 0.5) / 2^n_bits` (deterministic).
-    `variational`: bin left edges `k / 2^n_bits`, for a learned dequantizer to
-    add noise in `[0, 2^-n_bits)`. With `logit=alpha`, the result is mapped to
+    `variational`: the bin index `k` itself, as float32 (integer values in
+    `[0, 2^n_bits)`), which a model with a learned dequantizer
+    (`FlowModel(..., dequantizer=VariationalDequantizer(...))`) takes and
+    dequantizes itself. With `logit=alpha`, the result is mapped to
     `log p - log(1 - p)`, `p = alpha + (1 - 2 alpha) x` (RealNVP); models then
     see logit-space data, and bits/dim must count that map's log-det (the zoo
     models use the `LogitTransform` layer instead, which does).
@@ -223,13 +225,18 @@ def dequantize_fn(n_bits=8, dequantize="uniform", logit=None):
         raise ValueError(f"n_bits must be in 1..8 for 8-bit images. Received: n_bits={n_bits}")
     if logit is not None and not 0.0 <= float(logit) < 0.5:
         raise ValueError(f"logit alpha must be in [0, 0.5). Received: logit={logit}")
+    if logit is not None and dequantize == "variational":
+        raise ValueError("dequantize='variational' yields integer pixel values for the model's own dequantizer; "
+                         "it takes no logit (put a LogitTransform in the model).")
+
     def fn(image, seed):
+        if dequantize == "variational":
+            shift = 8 - int(n_bits)
+            return tf.cast(tf.bitwise.right_shift(tf.cast(image, tf.int32), shift), tf.float32)
         if dequantize == "uniform":
             noise = tf.random.stateless_uniform(tf.shape(image), seed=tf.stack([seed, seed // 7919 + 17]))
-        elif dequantize == "none":
-            noise = 0.5
         else:
-            noise = 0.0
+            noise = 0.5
         x = dequantize_images(image, noise, n_bits)
         if logit is not None:
             p = float(logit) + (1.0 - 2.0 * float(logit)) * x
@@ -242,7 +249,9 @@ def dequantize_fn(n_bits=8, dequantize="uniform", logit=None):
 def load(source="mnist", split="train", batch_size=64, dequantize="uniform", n_bits=8, logit=None,
          shuffle=True, seed=0, repeat=False, drop_remainder=False, image_size=None, limit=None,
          data_dir=None, download=True, with_labels=False, skip=0):
-    """A `tf.data.Dataset` of dequantized float32 image batches in `[0, 1)`.
+    """A `tf.data.Dataset` of dequantized float32 image batches in `[0, 1)`
+    (with `dequantize="variational"`: the integer pixel values, as floats,
+    for a model that dequantizes them itself).
 
     Args:
         source: `"mnist"` (the MNIST subset shipped in the package: 8000

@@ -138,6 +138,9 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=int, default=6 * 3600, help="seconds per worker process")
     p.add_argument("--out-dir", default=None,
                    help="default: benchmarks/results/<YYYY-MM-DD>-<machine>/ (today, this machine)")
+    p.add_argument("--rerun", default="",
+                   help="comma-separated models to run again, keeping every other model's results from "
+                        "--out-dir's freeform2d.json (e.g. one whose timings were contended); the report says so")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run, not a result: {QUICK} unless given explicitly")
     args = p.parse_args(argv)
@@ -149,7 +152,9 @@ def parse_args(argv=None):
                 setattr(args, k, v)
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [s for s in args.sets if s not in SETS] + [m for m in args.models if m not in MODELS]
+    args.rerun = [m.strip() for m in args.rerun.split(",") if m.strip()]
+    bad = ([s for s in args.sets if s not in SETS] + [m for m in args.models if m not in MODELS]
+           + [m for m in args.rerun if m not in args.models])
     if bad:
         p.error(f"unknown sets/models {bad}; sets: {list(SETS)}; models: {list(MODELS)}")
     if args.exact_terms < 1:
@@ -307,6 +312,9 @@ def markdown(report):
     L = [f"# freeform2d: {m.get('cpu')} x{m.get('cpu_count')}, {m.get('date')}", ""]
     if a["quick"]:
         L += ["**QUICK SMOKE RUN: a few steps per model; its numbers are not results.**", ""]
+    if report.get("reruns"):
+        L += ["Run again on their own (`--rerun`), the other models' results kept: "
+              + ", ".join(f"{k} ({v})" for k, v in report["reruns"].items()) + ".", ""]
     L += [f"Residual flows: {a['resflow_steps']} steps of batch {a['resflow_batch_size']}, {a['blocks']} blocks, "
           f"hidden {a['resflow_hidden']}, Lipschitz {a['lipschitz']}, roulette with {a['exact_terms']} terms always "
           f"and stop probability {a['stop_probability']}, {a['power_iterations']} power iteration(s) per step "
@@ -409,8 +417,20 @@ def main(argv=None):
     data_summary = make_data(data_path, args.sets, args.n_train, args.n_test, args.seed)
     log(f"# data: {data_path} ({os.path.getsize(data_path) / 1e6:.1f} MB): " + json.dumps(data_summary))
 
-    results, failures = [], {}
-    for m in args.models:
+    results, failures, reruns = [], {}, {}
+    to_run = args.models
+    if args.rerun:
+        with open(os.path.join(args.out_dir, "freeform2d.json")) as f:
+            previous = json.load(f)
+        results = [r for r in previous["results"] if r["model"] not in args.rerun]
+        failures = {k: v for k, v in previous["failures"].items() if k.split(" / ")[0] not in args.rerun}
+        reruns = dict(previous.get("reruns", {}))
+        to_run = args.rerun
+        log(f"# --rerun {','.join(args.rerun)}: the other models' results are kept from the run of "
+            f"{previous['machine']['date']}")
+    for m in to_run:
+        if args.rerun:
+            reruns[m] = machine_info()["date"]
         cmd = worker_cmd(args, m, data_path)
         if not os.path.exists(cmd[0]):
             failures[m] = f"interpreter {cmd[0]} not found"
@@ -441,6 +461,8 @@ def main(argv=None):
                           argv=sys.argv[1:] if argv is None else list(argv),
                           run_minutes=round((time.perf_counter() - t_run) / 60, 2))
     report["data_file"] = os.path.basename(data_path)
+    if reruns:
+        report["reruns"] = reruns
     md = markdown(report)
     with open(os.path.join(args.out_dir, "freeform2d.json"), "w") as f:
         json.dump(report, f, indent=1)

@@ -350,12 +350,22 @@ class FlowModel(keras.Model):
                                  f"its {what}.")
             if value.min() < 0 or value.max() > top or ("float" in dtype and np.any(value != np.round(value))):
                 raise ValueError(
-                    f"FlowModel '{self.name}' dequantizes its own input (variational dequantization): it takes "
-                    f"integer pixel values in [0, {top}] (uint8 images as they are), got values in "
+                    f"FlowModel '{self.name}' takes integer pixel values in [0, {top}] here ({self.n_bits}-bit "
+                    f"bin indices: uint8 images as they are for 8 bits, else shifted right by "
+                    f"{8 - self.n_bits}), got values in "
                     f"[{float(value.min()):g}, {float(value.max()):g}]"
                     + (" that are not all integers" if "float" in dtype and np.any(value != np.round(value))
                        else "") + ".")
         return x.astype(self.compute_dtype) if isinstance(x, np.ndarray) else ops.cast(x, self.compute_dtype)
+
+    def check_continuous_density(self, what):
+        """Raises `ValueError` for a model with a `dequantizer`, whose
+        `log_prob` takes integer pixels and returns a stochastic bound:
+        `what` (an app) needs the density on `[0, 1)^D`."""
+        if self.dequantizer is not None:
+            raise ValueError(f"{what} needs the model's density of continuous images in [0, 1); FlowModel "
+                             f"'{self.name}' has a variational dequantizer, so its log_prob takes integer pixel "
+                             f"values and returns a stochastic bound. Use a model without a dequantizer.")
 
     def dequantize(self, x, training=False):
         """`(y, log q(u | x))` for a model with a `dequantizer`: `y = (x + u)
@@ -364,7 +374,12 @@ class FlowModel(keras.Model):
             raise ValueError(f"FlowModel '{self.name}' has no dequantizer (it takes dequantized data).")
         x = self.check_pixels(x)
         u, log_q = self.dequantizer(x, training=training)
-        return (x + u) / float(2 ** self.n_bits), log_q
+        return self._dequantized(x, u), ops.cast(log_q, x.dtype)
+
+    def _dequantized(self, x, u):
+        # float32 rounds 255 + u up to 256 for u > 1 - 2^-17: keep y below 1.
+        y = (x + ops.cast(u, x.dtype)) / float(2 ** self.n_bits)
+        return ops.minimum(y, 1.0 - 2.0 ** -24)
 
     def check_context(self, context, batch):
         """Checks `context` against `context_shape` and `batch` rows; returns
@@ -474,23 +489,16 @@ class FlowModel(keras.Model):
         draws = _int_arg(draws, "draws")
         if draws < 1:
             raise ValueError(f"FlowModel.dequantized_bound needs draws >= 1. Received: draws={draws}")
-        scale = float(2 ** self.n_bits)
-        if self.dequantizer is not None:
-            pixels = self.check_pixels(x)
-        else:
-            pixels = np.asarray(x)
-            if "int" not in keras.backend.standardize_dtype(pixels.dtype):
-                raise TypeError("FlowModel.dequantized_bound takes integer pixel values (e.g. uint8 images).")
-            pixels = pixels.astype(self.compute_dtype)
+        pixels = np.asarray(ops.convert_to_numpy(self.check_pixels(x)))
         rng = np.random.default_rng(seed)
         log_w = []
         for _ in range(draws):
             if self.dequantizer is not None:
                 eps = rng.standard_normal(np.shape(pixels)).astype(self.compute_dtype)
                 u, log_q = self.dequantizer.log_q(pixels, eps)
-                y = (pixels + u) / scale
+                y, log_q = self._dequantized(pixels, u), ops.cast(log_q, self.compute_dtype)
             else:
-                y = (pixels + rng.uniform(size=np.shape(pixels)).astype(self.compute_dtype)) / scale
+                y = self._dequantized(pixels, rng.uniform(size=np.shape(pixels)).astype(self.compute_dtype))
                 log_q = 0.0
             z, log_det = self.flow.forward(y, context=self.check_context(context, pixels.shape[0]))
             log_p = self.base.log_prob(z, context=self.check_context(context, pixels.shape[0])) + log_det

@@ -375,11 +375,14 @@ def _train(options, log, strategy, dtype, why, ckpt_dir, custom_loop):
         f"batch={options.batch_size}")
 
     step0 = int(state.get("step", 0))
+    # A model with a learned dequantizer takes the pixel values and adds its own noise.
+    dequantize = "variational" if getattr(model, "dequantizer", None) is not None else "uniform"
     ds = zdata.load(train_u8 if train_u8 is not None else options.data, split="train",
                     batch_size=options.batch_size, seed=options.seed, repeat=True, drop_remainder=True,
-                    n_bits=options.n_bits, skip=step0 * options.batch_size)
+                    n_bits=options.n_bits, skip=step0 * options.batch_size, dequantize=dequantize)
     if model.needs_initialization:
-        init_batch = next(iter(zdata.load(train_u8, batch_size=512, seed=options.seed + 1, n_bits=options.n_bits)))
+        init_batch = next(iter(zdata.load(train_u8, batch_size=512, seed=options.seed + 1, n_bits=options.n_bits,
+                                          dequantize=dequantize)))
         bpd0 = model.initialize(init_batch)
         log(f"[tfflows] data-dependent init on {init_batch.shape[0]} images: {bpd0:.4f} bits/dim")
 
@@ -452,7 +455,13 @@ def _train(options, log, strategy, dtype, why, ckpt_dir, custom_loop):
         metrics["samples_error"] = str(err)
         log(f"[tfflows] samples.png not written: {err}")
     write_json(os.path.join(out, "metrics.json"), metrics)
-    if not options.no_export:
+    exported = not options.no_export and getattr(model, "dequantizer", None) is None
+    if not options.no_export and not exported:
+        metrics["savedmodel"] = None
+        log("[tfflows] no savedmodel/: tfflows.export does not serve models with a variational dequantizer yet "
+            "(the weights and the .keras-loadable config are in the run folder)")
+        write_json(os.path.join(out, "metrics.json"), metrics)
+    if exported:
         from tfflows import export
 
         export_model = model
@@ -467,6 +476,6 @@ def _train(options, log, strategy, dtype, why, ckpt_dir, custom_loop):
         write_json(os.path.join(out, "metrics.json"), metrics)
     written = [n for n in ("samples.png", "model.weights.h5", "metrics.json", "config.json")
                if os.path.exists(os.path.join(out, n))]
-    log(f"[tfflows] wrote {out}/: {' '.join(written)}" + ("" if options.no_export else " savedmodel/")
+    log(f"[tfflows] wrote {out}/: {' '.join(written)}" + (" savedmodel/" if exported else "")
         + " checkpoints/")
     return metrics

@@ -325,22 +325,36 @@ def bpd_per_draw(model, images_u8, draws=4, batch_size=500, seed=1234, n_bits=8)
     Returns a float64 array of shape `(draws, n_images)`; the noise comes from
     `numpy.random.default_rng(seed)`, one draw of the whole set after another.
     A model with a variational dequantizer (`model.dequantizer`) gets the
-    integer pixels and draws its own noise (from its seed generator): each
-    row is then a one-draw estimate of its bound.
+    integer pixels and draws its own noise: each row is then a one-draw
+    estimate of its bound. Its seed generator is set from `seed` for the
+    evaluation and put back afterwards, so the result depends on `seed` only
+    and training's noise stream is left as it was.
     """
-    from tfflows.zoo.data import dequantize_images  # the one dequantization formula
-
     images = np.asarray(images_u8)
     if images.ndim == 3:
         images = images[..., None]
     rng = np.random.default_rng(seed)
+    learned = getattr(model, "dequantizer", None) is not None
+    if learned:
+        gen = model.dequantizer.seed_generator
+        saved = np.array(keras.ops.convert_to_numpy(gen.state.value))
+        gen.state.assign(np.array([int(seed) % (2 ** 31 - 1), 0], dtype=saved.dtype))
+        try:
+            return _bpd_per_draw(model, images, draws, batch_size, rng, n_bits, learned)
+        finally:
+            gen.state.assign(saved)
+    return _bpd_per_draw(model, images, draws, batch_size, rng, n_bits, learned)
+
+
+def _bpd_per_draw(model, images, draws, batch_size, rng, n_bits, learned):
+    from tfflows.zoo.data import dequantize_images  # the one dequantization formula
+
     out = np.zeros((draws, images.shape[0]), dtype=np.float64)
     # Compiled (tf.function / jax.jit) rather than eager: traced once per batch
     # shape. The input is finite by construction, so the NaN check it skips
     # cannot fire here.
     make = getattr(model, "make_bits_per_dim_function", None)
     bpd = make() if make is not None else model.bits_per_dim
-    learned = getattr(model, "dequantizer", None) is not None
     for d in range(draws):
         if learned:  # the bin indices; the model adds its own noise
             x = np.right_shift(images.astype(np.int32), 8 - n_bits).astype(np.float32)

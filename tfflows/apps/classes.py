@@ -85,6 +85,8 @@ def fit_class_prior(model, x, labels, batch_size=256, min_log_std=-5.0):
 
 def class_log_probs(model, x, batch_size=256):
     """`log p(x | y)` in nats for every class: `(batch, num_classes)` numpy."""
+    if getattr(model, "dequantizer", None) is not None:
+        model.check_continuous_density("apps.class_log_probs")
     k = _classes(model)
     x = np.asarray(model.check_data(np.asarray(x)))
     log_prob = model.make_log_prob_function()

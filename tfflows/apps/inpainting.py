@@ -57,6 +57,8 @@ def inpaint(model, x, mask, method="map", steps=300, step_size=None, context=Non
                          f"Received: init={init!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"inpaint needs an integer steps >= 0. Received: steps={steps!r}")
+    if getattr(model, "dequantizer", None) is not None:
+        model.check_continuous_density("inpaint")
     shape = tuple(model.data_shape)
     x = np.asarray(x, dtype="float64")
     single = x.shape == shape

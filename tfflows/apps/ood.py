@@ -81,6 +81,8 @@ def ood_score(model, x, method="log_prob", reference=None, background=None, cont
     Returns:
         numpy `(batch,)`.
     """
+    if getattr(model, "dequantizer", None) is not None:
+        model.check_continuous_density("ood_score")
     if method not in METHODS:
         raise ValueError(f"ood_score: method must be one of {METHODS}. Received: method={method!r}")
     x = np.asarray(x)

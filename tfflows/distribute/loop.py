@@ -137,10 +137,13 @@ def initialize(model, batch, strategy=None, context=None):
     if isinstance(context, tf.distribute.DistributedValues):
         context = strategy.gather(context, axis=0)
     with strategy.scope():
-        x = model.check_data(tf.convert_to_tensor(x))
+        if getattr(model, "dequantizer", None) is not None:  # integer pixels: the model adds its own noise
+            x, log_q = model.dequantize(tf.convert_to_tensor(x))
+        else:
+            x, log_q = model.check_data(tf.convert_to_tensor(x)), 0.0
         context = model.check_context(None if context is None else tf.convert_to_tensor(context), x.shape[0])
         z, log_det = model.flow.initialize(x, context=context)
-        loss = model.loss_from_log_prob(model.base.log_prob(z, context=context) + log_det)
+        loss = model.loss_from_log_prob(model.base.log_prob(z, context=context) + log_det - log_q)
         loss = float(tf.reduce_mean(tf.cast(loss, tf.float32)))
     broadcast_variables(_float_variables(model.flow), strategy)
     return loss

@@ -166,6 +166,9 @@ def _dequantizer(config, dequantize):
 
 
 def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None):
+    if pretrained and dequantize == "variational":
+        raise WeightsError(f"No shipped {model_name} {preset!r} weights have a variational dequantizer; use "
+                           f"pretrained=False, or dequantize='uniform' for the shipped model.")
     model = FlowModel(flow, base=base, data_shape=config["data_shape"],
                       n_bits=config.get("n_bits", 8), dequantizer=_dequantizer(config, dequantize),
                       name=f"{model_name}_{preset}".replace("-", "_"))
@@ -207,6 +210,9 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
         raise ValueError("glow bins and bound set the spline couplings: pass coupling='spline' too.")
     spline = dict(coupling=config.get("coupling", "affine"), bins=config.get("bins", 8),
                   bound=config.get("bound", 3.0))
+    if pretrained and dequantize == "variational":
+        raise WeightsError(f"No shipped glow {preset!r} weights have a variational dequantizer; use "
+                           f"pretrained=False, or dequantize='uniform' for the shipped model.")
     if "alpha" in config and config["preprocess"] != "logit":
         raise ValueError(f"glow alpha={config['alpha']} needs preprocess='logit'; "
                          f"this model uses preprocess={config['preprocess']!r}.")

@@ -26,7 +26,7 @@ Two flows whose Jacobians are not triangular:
 
 Each is fitted to FFJORD's toy sets `moons`, `pinwheel` and `checkerboard`
 (`tfflows.datasets.toy`). `TFFLOWS_NOTEBOOK_STEPS` sets the residual flows'
-training steps (default 3000); FFJORD trains for a third as many (its steps
+training steps (default 2000); FFJORD trains for a third as many (its steps
 are about 10x slower on a CPU). `benchmarks/freeform2d.py` runs the same
 models against normflows, zuko and TFP's `tfb.FFJORD`."""),
     ("code", """import os
@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import tfflows
 from tfflows.datasets import toy, toy_entropy
 
-STEPS = int(os.environ.get("TFFLOWS_NOTEBOOK_STEPS", "3000"))
+STEPS = int(os.environ.get("TFFLOWS_NOTEBOOK_STEPS", "2000"))
 SETS = ("moons", "pinwheel", "checkerboard")
 data = {name: toy(name, 20000, seed=0) for name in SETS}
 test = {name: toy(name, 5000, seed=1) for name in SETS}

@@ -170,7 +170,7 @@ def vae(posterior=None, latent_dim=None, flows=None, hidden=None, context_dim=No
     a = types.SimpleNamespace(**arch)
     q = posterior_flow(a.posterior, a.latent_dim, a.context_dim, flows=a.flows, m=a.m, n_reflections=a.n_reflections,
                        made_hidden=a.made_hidden, seed=seed)
-    model = VAE(q, data_shape=tuple(a.data_shape), hidden=tuple(a.hidden), activation=a.activation,
+    model = VAE(q, data_shape=a.data_shape, hidden=a.hidden, activation=a.activation,
                 warmup_steps=warmup_steps, seed=seed, name=f"vae_{a.posterior.replace('-', '_')}")
     if pretrained:
         from tfflows.zoo.presets import verified_weights_path

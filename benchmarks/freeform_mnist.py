@@ -36,7 +36,6 @@ days on GPUs.
 """
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -45,8 +44,8 @@ if __package__ in (None, ""):
 
 from benchmarks._common import (REPO_ROOT, default_data, emit, eval_set, load_mnist,  # noqa: E402
                                 run_results_dir, run_time_budget)
+from benchmarks.ttb_worker import keras_budget_fns  # noqa: E402
 
-LN2_D = 784 * math.log(2.0)
 GLOW_CURVE = os.path.join(REPO_ROOT, "zoo", "glow-mnist", "curve.json")
 
 
@@ -105,26 +104,13 @@ def build(args):
 def train(args):
     import numpy as np
     import tensorflow as tf
-    from keras import ops
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     x_train, x_test = load_mnist(args.data)
     x_eval = eval_set(x_test, args.eval_n)
     model = build(args)
-
-    def step(x):
-        bpd = float(model.train_on_batch(ops.convert_to_tensor(x), return_dict=True)["loss"])
-        return (bpd - 8.0) * LN2_D
-
-    def first_step(x):
-        model.initialize(x)
-        return step(x)
-
-    def evaluate(xe):
-        bpd = float(np.mean(np.asarray(model.predict(xe, batch_size=args.eval_batch, verbose=0))))
-        return (bpd - 8.0) * LN2_D
-
+    first_step, step, evaluate = keras_budget_fns(model, args.eval_batch)
     result = run_time_budget(f"tfflows-{args.model}", first_step, step, evaluate, x_train, x_eval,
                              args.minutes, eval_every_min=args.eval_every, batch=args.batch_size,
                              seed=args.seed)

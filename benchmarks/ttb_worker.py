@@ -77,6 +77,28 @@ def _batched_mean(fn, x, batch):
     return tot / n
 
 
+def keras_budget_fns(model, eval_batch):
+    """`(first_step, step, evaluate)` of a compiled tfflows image `FlowModel`
+    for `run_time_budget`: mean NLL in nats of `[0, 1)` images (the first
+    step runs the ActNorm init)."""
+    import numpy as np
+    from keras import ops
+
+    def step(x):
+        bpd = float(model.train_on_batch(ops.convert_to_tensor(x), return_dict=True)["loss"])
+        return (bpd - 8.0) * LN2_D  # bits/dim -> NLL in nats
+
+    def first_step(x):
+        model.initialize(x)
+        return step(x)
+
+    def evaluate(xe):
+        bpd = float(np.mean(np.asarray(model.predict(xe, batch_size=eval_batch, verbose=0))))
+        return (bpd - 8.0) * LN2_D
+
+    return first_step, step, evaluate
+
+
 def setup_tfflows(args, impl):
     from benchmarks import bench_tfflows_glow as btg
     targs = btg.parse_args(TFFLOWS[impl] + ["--lr", str(args.lr),
@@ -89,7 +111,6 @@ def setup_tfflows(args, impl):
     btg.set_backend(targs)
     import keras
     import numpy as np
-    from keras import ops
     if backend == "tensorflow":
         import tensorflow as tf
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -99,19 +120,7 @@ def setup_tfflows(args, impl):
         versions = {"jax": jax.__version__}
     model = btg.build_model(targs)
     versions["keras"] = keras.__version__
-
-    def step(x):
-        bpd = float(model.train_on_batch(ops.convert_to_tensor(x), return_dict=True)["loss"])
-        return (bpd - 8.0) * LN2_D  # bits/dim -> NLL in nats
-
-    def first_step(x):
-        model.initialize(x)
-        return step(x)
-
-    def evaluate(xe):
-        bpd = float(np.mean(np.asarray(model.predict(xe, batch_size=args.eval_batch, verbose=0))))
-        return (bpd - 8.0) * LN2_D
-
+    first_step, step, evaluate = keras_budget_fns(model, args.eval_batch)
     n_params = int(sum(int(np.prod(v.shape)) for v in model.trainable_variables))
     return first_step, step, evaluate, n_params, versions
 

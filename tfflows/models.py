@@ -303,13 +303,7 @@ class FlowModel(keras.Model):
                 raise TypeError(f"FlowModel expects float {what}, got dtype {dtype}.")
             raise TypeError(f"FlowModel expects float {what} in [0, 1) (dequantized), got dtype {dtype}. "
                             f"Use tfflows.zoo.data to dequantize uint8 images.")
-        if len(x.shape) >= 1 and x.shape[0] == 0:
-            raise ValueError(f"FlowModel got an empty batch of {what} (shape {tuple(x.shape)}).")
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"FlowModel expects {what} of shape (batch, {', '.join(map(str, self.data_shape))}), "
-                f"got {tuple(x.shape)}."
-            )
+        self._check_batch_shape(x, what)
         value = concrete_value(x)
         if value is not None:
             bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
@@ -325,6 +319,14 @@ class FlowModel(keras.Model):
             x = x.astype(self.compute_dtype) if isinstance(x, np.ndarray) else ops.cast(x, self.compute_dtype)
         return x
 
+    def _check_batch_shape(self, x, what):
+        """`ValueError` for an empty batch or one whose examples are not `data_shape`."""
+        if len(x.shape) >= 1 and x.shape[0] == 0:
+            raise ValueError(f"FlowModel got an empty batch of {what} (shape {tuple(x.shape)}).")
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"FlowModel expects {what} of shape (batch, {', '.join(map(str, self.data_shape))}), "
+                             f"got {tuple(x.shape)}.")
+
     def check_pixels(self, x, what="images"):
         """Checks a batch of integer pixel values for a model with a
         `dequantizer` (any int or float dtype holding integers in
@@ -337,11 +339,7 @@ class FlowModel(keras.Model):
         if "float" not in dtype and "int" not in dtype:
             raise TypeError(f"FlowModel '{self.name}' (variational dequantization) expects integer pixel values, "
                             f"got dtype {dtype}.")
-        if len(x.shape) >= 1 and x.shape[0] == 0:
-            raise ValueError(f"FlowModel got an empty batch of {what} (shape {tuple(x.shape)}).")
-        if tuple(x.shape[1:]) != self.data_shape:
-            raise ValueError(f"FlowModel expects {what} of shape (batch, {', '.join(map(str, self.data_shape))}), "
-                             f"got {tuple(x.shape)}.")
+        self._check_batch_shape(x, what)
         value = concrete_value(x)
         if value is not None and value.size:
             top = 2 ** self.n_bits - 1
@@ -490,6 +488,7 @@ class FlowModel(keras.Model):
         if draws < 1:
             raise ValueError(f"FlowModel.dequantized_bound needs draws >= 1. Received: draws={draws}")
         pixels = np.asarray(ops.convert_to_numpy(self.check_pixels(x)))
+        context = self.check_context(context, pixels.shape[0])
         rng = np.random.default_rng(seed)
         log_w = []
         for _ in range(draws):
@@ -500,8 +499,8 @@ class FlowModel(keras.Model):
             else:
                 y = self._dequantized(pixels, rng.uniform(size=np.shape(pixels)).astype(self.compute_dtype))
                 log_q = 0.0
-            z, log_det = self.flow.forward(y, context=self.check_context(context, pixels.shape[0]))
-            log_p = self.base.log_prob(z, context=self.check_context(context, pixels.shape[0])) + log_det
+            z, log_det = self.flow.forward(y, context=context)
+            log_p = self.base.log_prob(z, context=context) + log_det
             log_w.append(np.asarray(ops.convert_to_numpy(log_p - log_q), dtype=np.float64))
         log_w = np.stack(log_w)  # (draws, batch)
         if importance:

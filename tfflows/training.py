@@ -355,9 +355,11 @@ def _bpd_per_draw(model, images, draws, batch_size, rng, n_bits, learned):
     # cannot fire here.
     make = getattr(model, "make_bits_per_dim_function", None)
     bpd = make() if make is not None else model.bits_per_dim
+    if learned:  # the bin indices, the same every draw; the model adds its own noise
+        pixels = np.right_shift(images.astype(np.int32), 8 - n_bits).astype(np.float32)
     for d in range(draws):
-        if learned:  # the bin indices; the model adds its own noise
-            x = np.right_shift(images.astype(np.int32), 8 - n_bits).astype(np.float32)
+        if learned:
+            x = pixels
         else:
             x = np.asarray(dequantize_images(images, rng.random(images.shape, dtype=np.float32), n_bits))
         out[d] = np.concatenate([

@@ -110,7 +110,9 @@ def fit_family(family):
 
 Lower is better; 0 is a perfect fit. The ± is one standard error of the ELBO
 estimate. Steps per second (after compilation) are this machine's, on the
-backend printed above, for the whole step (sampling, target, gradient, Adam)."""),
+backend printed above, for the whole step (sampling, target, gradient, Adam),
+and only as clean as the machine was idle: the speed comparison with normflows
+and pyro is `benchmarks/energies.py`, run on an idle machine."""),
     ("code", """def table(fmt):
     head = f"| family | K | " + " | ".join(ENERGIES) + " |"
     rows = [head, "|" + " --- |" * (len(ENERGIES) + 2)]

@@ -188,3 +188,21 @@ def test_top_bin_stays_below_one_and_apps_refuse_the_bound():
         apps.inpaint(model, np.full(SHAPE, 0.5, "float32"), np.zeros(SHAPE, bool))
     with pytest.raises(WeightsError, match="variational dequantizer"):
         tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="variational")
+
+
+def test_a_fresh_dequantizer_starts_as_uniform_noise():
+    """At init `u = sigmoid(1.702 eps)` ~ Phi(eps): near U(0, 1), so a flow
+    trained with uniform noise keeps its bound when a dequantizer is added.
+    KL(q || U) = E_q[log q] per dimension is small, and u's quantiles are
+    the uniform's."""
+    for shape in (SHAPE, (4, 4, 3)):
+        deq = L.VariationalDequantizer(shape, couplings=4, hidden=8, features=4, seed=0)
+        x = np.random.default_rng(0).integers(0, 256, (4000,) + shape).astype("float32")
+        u, log_q = deq(x)
+        kl = to_np(log_q).mean() / math.prod(shape)
+        # sigmoid(1.702 e) for e ~ N(0, 1): KL from uniform 0.0100 nats (quadrature).
+        assert abs(kl - 0.0100) < 0.004, kl
+        p = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
+        expected = 1 / (1 + np.exp(-1.702 * np.array([-1.6449, -0.6745, 0.0, 0.6745, 1.6449])))  # Phi^-1(p)
+        np.testing.assert_allclose(np.quantile(to_np(u).ravel(), p), expected, atol=0.005)
+        assert np.abs(expected - p).max() < 0.011  # and within 0.011 of the uniform's

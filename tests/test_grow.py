@@ -250,3 +250,35 @@ def test_grow_command_is_seeded_the_same_command_writes_the_same_file(tmp_path):
     a, b, c = grown("a.weights.h5"), grown("b.weights.h5"), grown("c.weights.h5", "--seed", "1")
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
     assert not all(np.array_equal(u, w) for u, w in zip(a, c))  # the new units' init follows the seed
+
+
+def test_add_dequantizer_keeps_the_flow_and_starts_near_the_uniform_bound():
+    old, x = _trained_like()
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8, dequantize="variational")
+    pixels = np.floor(x * 256).astype("uint8")
+    grow.add_dequantizer(old, new, sample=pixels[:2])
+    z, log_det = new.flow.forward(x)
+    np.testing.assert_allclose(to_np(new.base.log_prob(z) + log_det), to_np(old.log_prob(x)), rtol=1e-6, atol=1e-3)
+    uniform = old.dequantized_bound(pixels, draws=64, seed=0)
+    learned = new.dequantized_bound(pixels, draws=64, seed=0)
+    assert abs(learned.mean() - uniform.mean()) < 0.02, (learned.mean(), uniform.mean())
+    with pytest.raises(ValueError, match="without a dequantizer into one with"):
+        grow.add_dequantizer(new, old)
+
+
+def test_grow_command_adds_a_dequantizer(tmp_path, capsys):
+    src, x = _trained_like(steps=2, hidden=8)
+    src_path = str(tmp_path / "src.weights.h5")
+    training.save_inference_weights(src, src_path)
+    out = str(tmp_path / "vd.weights.h5")
+    grow.main(["--preset", "mnist-tiny", "--steps", "2", "--hidden", "8", "--from", src_path,
+               "--dequantize", "variational", "--out", out, "--limit", "20"])
+    assert "largest difference" in capsys.readouterr().out
+    new = tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8, dequantize="variational")
+    new.log_prob(np.zeros((2, 28, 28, 1), "uint8"))
+    new.load_weights(out)
+    z, log_det = new.flow.forward(x)
+    np.testing.assert_allclose(to_np(new.base.log_prob(z) + log_det), to_np(src.log_prob(x)), rtol=1e-6, atol=1e-3)
+    with pytest.raises(SystemExit, match="--dequantize alone"):
+        grow.main(["--preset", "mnist-tiny", "--from", src_path, "--dequantize", "variational", "--deepen", "3",
+                   "--out", out])

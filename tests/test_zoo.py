@@ -388,3 +388,35 @@ def test_glow_with_variational_dequantization_takes_pixels_and_trains():
         model.bits_per_dim(x.astype("float32") / 256.0)
     with pytest.raises(ValueError, match="dequantize"):
         tfflows.zoo.glow(preset="mnist-tiny", dequantize="gaussian")
+
+
+def test_pretrained_weights_with_a_dequantizer_load_with_it_or_as_the_bare_flow(tmp_path, monkeypatch):
+    """Shipped weights whose architecture records `dequantize: variational`:
+    `pretrained=True` builds the model with its dequantizer (integer pixels
+    in, the bound out); `dequantize="uniform"` gives the same flow without
+    it (the continuous density the apps and export take)."""
+    model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, dequantize="variational")
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("uint8")
+    model.initialize(pixels)
+    path = tmp_path / "glow-mnist-tiny.weights.h5"
+    model.save_weights(str(path))
+    table = builders.read_presets()
+    table["glow"]["mnist-tiny"].update(
+        architecture=dict(builders.PRESETS["glow"]["mnist-tiny"], data_shape=[28, 28, 1], steps=1, hidden=8,
+                          dequantize="variational"),
+        weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size})
+    (tmp_path / "presets.json").write_text(json.dumps(table))
+    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(presets, "PRESETS_FILE", str(tmp_path / "presets.json"))
+
+    loaded = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True)
+    assert loaded.dequantizer is not None
+    np.testing.assert_allclose(loaded.dequantized_bound(pixels, draws=4, seed=0),
+                               model.dequantized_bound(pixels, draws=4, seed=0), rtol=1e-6)
+    bare = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True, dequantize="uniform")
+    assert bare.dequantizer is None
+    y = (pixels.astype("float32") + 0.5) / 256.0
+    z, log_det = model.flow.forward(y)
+    np.testing.assert_allclose(to_np(bare.log_prob(y)), to_np(model.base.log_prob(z) + log_det), rtol=1e-6)
+    with pytest.raises(builders.WeightsError, match="different architecture"):
+        tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8, pretrained=True)

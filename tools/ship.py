@@ -34,6 +34,15 @@ PUBLISHED = {"glow": 1.05, "realnvp": 1.06, "nice": None}
 TARGETS = {"glow": 1.15, "realnvp": 1.25}  # issue #11, full 10k test set
 
 
+PREPROCESSING = {
+    "uniform, 8-bit": "uint8 -> uniform dequantization `(x + U[0,1)) / 256` (8 bits); then the model's own "
+                      "bijective preprocessing (counted in bits/dim)",
+    "variational (Flow++), 8-bit": "uint8 in; the model's learned dequantizer draws `u ~ q(u | x)` in (0, 1) "
+                                   "(`tfflows.layers.VariationalDequantizer`, Flow++), `(x + u) / 256`; then the "
+                                   "model's own bijective preprocessing. Its bits/dim is the variational bound "
+                                   "`E_q[-log p((x + u) / 256) + log q(u | x)] / (D ln 2) + 8`, an upper bound on the "
+                                   "discrete NLL; `dequantize='uniform'` gives the flow alone",
+}
 HISTORY_KEYS = ("command", "recipe", "stages", "hardware", "storage")
 METRIC_KEYS = ("test_bpd", "test_bpd_stderr", "test_bpd_per_draw", "test_images", "test_draws",
                "embedded_test500_bpd", "embedded_test500_centres_bpd", "params", "train_steps", "train_minutes",
@@ -201,9 +210,11 @@ def check_shippable(cfg, key):
     if key != want:
         raise SystemExit(f"ship.py: --key {key!r} does not match the run's model and preset ({want!r}).")
     preset = builders.PRESETS[cfg["model"]][cfg["preset"]]
-    # The comparison load_pretrained makes, of what ship records against the preset.
-    changed = builders.architecture_mismatch(preset, {**preset, **cfg.get("overrides", {})},
-                                             missing="builder default")
+    # The comparison load_pretrained makes, of what ship records against the preset. A learned
+    # dequantizer is recorded with the weights (`dequantize`), not in the preset: pretrained=True
+    # builds it when the shipped architecture names it.
+    overrides = {k: v for k, v in cfg.get("overrides", {}).items() if k != "dequantize"}
+    changed = builders.architecture_mismatch(preset, {**preset, **overrides}, missing="builder default")
     if changed:
         raise SystemExit(
             f"ship.py: the run changes the {cfg['preset']!r} preset "
@@ -340,8 +351,13 @@ def main():
     for line in draw_outliers(by_draw):
         print(f"{args.key}: {line}")
     bpd500, se500, _ = training.evaluate_bpd(model, emb, draws=4, seed=1234)
-    # Bin centres, no noise: the exact figure tests/test_pretrained.py holds the file to (1e-6).
-    centres = np.asarray(model.bits_per_dim((emb.astype("float32") + 0.5) / 256.0), dtype="float64")
+    # Bin centres, no noise: the exact figure tests/test_pretrained.py holds the file to (1e-6);
+    # for a model with a learned dequantizer, its flow's density there (the flow without it).
+    flow_only = model
+    if getattr(model, "dequantizer", None) is not None:
+        flow_only = builders.copy_flow_weights(model, builders.build(
+            cfg["model"], cfg["preset"], dict(cfg.get("overrides", {}), dequantize="uniform")))
+    centres = np.asarray(flow_only.bits_per_dim((emb.astype("float32") + 0.5) / 256.0), dtype="float64")
     if args.net_kernels_float16:
         storage = (f"coupling-network kernels ({n16:,} of {n:,} values) stored as float16, the rest float32; "
                    f"embedded 500 test images {before:.5f} bits/dim in float32, {bpd500:.5f} as stored")
@@ -398,7 +414,9 @@ def main():
                     decay=cfg["decay"], clipnorm=cfg["clipnorm"], ema=cfg.get("ema"), optimizer="Adam", jit=cfg["jit"],
                     weights=stage["recipe"]["weights"],
                     dtype=dtype,
-                    backend=cfg["backend"], dequantization="uniform, 8-bit"),
+                    backend=cfg["backend"],
+                    dequantization=("variational (Flow++), 8-bit" if getattr(model, "dequantizer", None) is not None
+                                    else "uniform, 8-bit")),
         command=" && ".join(st["command"] for st in stages),
         date=datetime.date.today().isoformat(),
         hardware=f"{platform.machine()} CPU, {args.cores} core(s) for the last stage, no GPU; {args.hardware_note}",
@@ -453,7 +471,7 @@ def write_card(card_dir, args, e, curve, model):
 | | |
 | --- | --- |
 | data | MNIST, 60,000 training images; test on the full 10,000-image test set |
-| preprocessing | uint8 -> uniform dequantization `(x + U[0,1)) / 256` (8 bits); then the model's own bijective preprocessing (counted in bits/dim) |
+| preprocessing | {PREPROCESSING[e['recipe'].get('dequantization', 'uniform, 8-bit')]} |
 | architecture | `{json.dumps(e['architecture'])}` |
 | parameters | {e['params']:,} |
 | storage | {e.get('storage', 'float32')} |

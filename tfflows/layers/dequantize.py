@@ -2,9 +2,15 @@
 distribution `q(u | x)` for discrete images.
 
 Sampling (one pass): `eps ~ N(0, I)`, `v = f(eps; h(x))` through conditional
-affine couplings whose nets see features `h(x)` of the image, `u =
-sigmoid(v)` in `(0, 1)^D`. Density: `log q(u | x) = log N(eps) - log|det
-df/deps| - sum log sigmoid'(v)`. A flow model `p` on `[0, 1)^D` then bounds
+affine couplings whose nets see features `h(x)` of the image and a learned
+element-wise affine `a * v + b`, `u = sigmoid(v)` in `(0, 1)^D`. Density:
+`log q(u | x) = log N(eps) - log|det df/deps| - sum log sigmoid'(v)`.
+The affine starts at the scale that makes `v = 1.702 eps` at init, so that
+`u = sigmoid(1.702 eps)`, the logistic approximation of the normal CDF
+`Phi(eps)`, is close to uniform (KL(q || U) = 0.010 nats per dimension,
+by quadrature; the best scale, 1.749, gives 0.0095): `q` starts near
+uniform dequantization, not from a narrower noise that a flow trained on
+uniform noise would score worse. A flow model `p` on `[0, 1)^D` then bounds
 the discrete likelihood of `n_bits`-bit images from below:
 
     log P(x) >= E_q[ log p((x + u) / 2^n) - D n ln 2 - log q(u | x) ],
@@ -86,6 +92,16 @@ class VariationalDequantizer(keras.layers.Layer):
             layer.build(h)
             h = layer.compute_output_shape(h)
         self.noise_flow.build((None,) + self.data_shape)
+        # At init the couplings' nets are zero, so f is a fixed diagonal
+        # scaling (sigmoid(2) per coupling that moves an element): undo it
+        # and scale by 1.702, making u = sigmoid(1.702 eps) ~ Phi(eps).
+        ones = ops.ones((1,) + self.data_shape, dtype=self.compute_dtype)
+        context = ops.zeros((1,) + self.data_shape[:2] + (self.features,), dtype=self.compute_dtype)
+        s0, _ = self.noise_flow.forward(ones, context=context)
+        init = math.log(1.702) - ops.convert_to_numpy(ops.log(ops.abs(s0[0])))
+        self.log_scale = self.add_weight(shape=self.data_shape, name="log_scale", initializer="zeros")
+        self.log_scale.assign(ops.cast(init, self.log_scale.dtype))
+        self.shift = self.add_weight(shape=self.data_shape, name="shift", initializer="zeros")
         self.built = True
 
     def _features(self, x):
@@ -100,6 +116,8 @@ class VariationalDequantizer(keras.layers.Layer):
         x = ops.cast(x, self.compute_dtype)
         h = self._features(x)
         v, log_det = self.noise_flow.forward(eps, context=h)
+        v = v * ops.exp(self.log_scale) + self.shift
+        log_det = log_det + ops.sum(self.log_scale)
         log_n = -0.5 * sum_except_batch(ops.square(eps)) - 0.5 * LOG_2PI * math.prod(self.data_shape)
         # log sigmoid'(v) = log sigmoid(v) + log sigmoid(-v) = -softplus(-v) - softplus(v)
         log_sig_grad = -sum_except_batch(ops.softplus(-v) + ops.softplus(v))

@@ -165,15 +165,37 @@ def _dequantizer(config, dequantize):
     return L.VariationalDequantizer(config["data_shape"], n_bits=config.get("n_bits", 8), name="dequantizer")
 
 
+def shipped_dequantize(key):
+    """`"variational"` when the shipped weights `key` include a learned
+    dequantizer (their recorded architecture says so), else `"uniform"`."""
+    return read_manifest().get(key, {}).get("architecture", {}).get("dequantize", "uniform")
+
+
+def copy_flow_weights(src, dst):
+    """Copies `src`'s flow and prior weights into `dst`, a `FlowModel` of the
+    same flow and prior (built by the same builder); a dequantizer on either
+    side is left alone. Returns `dst`."""
+    for what, a, b in (("flow", src.flow.weights, dst.flow.weights), ("prior", src.base.weights, dst.base.weights)):
+        if len(a) != len(b):
+            raise ValueError(f"copy_flow_weights: {src.name}'s {what} has {len(a)} weights, {dst.name}'s {len(b)}.")
+        for var_src, var_dst in zip(a, b):
+            if tuple(var_src.shape) != tuple(var_dst.shape):
+                raise ValueError(f"copy_flow_weights: {var_dst.path} has shape {tuple(var_dst.shape)} in "
+                                 f"{dst.name} and {tuple(var_src.shape)} in {src.name}.")
+            var_dst.assign(var_src)
+    return dst
+
+
 def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None):
-    if pretrained and dequantize == "variational":
+    key = f"{model_name}-{preset}"
+    if pretrained and dequantize == "variational" and shipped_dequantize(key) != "variational":
         raise WeightsError(f"No shipped {model_name} {preset!r} weights have a variational dequantizer; use "
                            f"pretrained=False, or dequantize='uniform' for the shipped model.")
     model = FlowModel(flow, base=base, data_shape=config["data_shape"],
                       n_bits=config.get("n_bits", 8), dequantizer=_dequantizer(config, dequantize),
                       name=f"{model_name}_{preset}".replace("-", "_"))
     if pretrained:
-        load_pretrained(model, f"{model_name}-{preset}", config)
+        load_pretrained(model, key, dict(config, dequantize="variational") if dequantize == "variational" else config)
     return model
 
 
@@ -200,7 +222,15 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
     uses rational-quadratic spline couplings instead of affine ones (NSF's
     Glow). `dequantize="variational"` gives the model a learned
     dequantizer (`tfflows.layers.VariationalDequantizer`, Flow++): it then
-    takes integer pixel values and its bits/dim is the variational bound."""
+    takes integer pixel values and its bits/dim is the variational bound.
+
+    With `pretrained=True`, `dequantize=None` (the default) follows the
+    shipped weights: a model with the shipped dequantizer if they have one.
+    `dequantize="uniform"` then gives the shipped flow without it, a
+    density on `[0, 1)^D` for uniformly dequantized floats (what the
+    applications, `ood_score`, `inpaint`, and the SavedModel export take);
+    its bits/dim is the uniform-noise bound, a little above the
+    dequantizer's."""
     config = _config("glow", preset, dict(levels=levels, steps=steps, hidden=hidden, lu=lu,
                                           data_shape=data_shape, n_bits=n_bits,
                                           preprocess=preprocess, alpha=alpha, coupling=coupling, bins=bins,
@@ -210,7 +240,18 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
         raise ValueError("glow bins and bound set the spline couplings: pass coupling='spline' too.")
     spline = dict(coupling=config.get("coupling", "affine"), bins=config.get("bins", 8),
                   bound=config.get("bound", 3.0))
-    if pretrained and dequantize == "variational":
+    if pretrained and num_classes is None:
+        shipped = shipped_dequantize(f"glow-{preset}")
+        if dequantize is None:
+            dequantize = shipped
+        if dequantize == "uniform" and shipped == "variational":
+            # The shipped flow without its learned dequantizer: a density on [0, 1)^D.
+            kwargs = dict(preset=preset, levels=levels, steps=steps, hidden=hidden, lu=lu,
+                          learned_prior=learned_prior, data_shape=data_shape, n_bits=n_bits, preprocess=preprocess,
+                          alpha=alpha, coupling=coupling, bins=bins, bound=bound)
+            return copy_flow_weights(glow(pretrained=True, dequantize="variational", **kwargs),
+                                     glow(pretrained=False, **kwargs))
+    elif pretrained and dequantize == "variational":
         raise WeightsError(f"No shipped glow {preset!r} weights have a variational dequantizer; use "
                            f"pretrained=False, or dequantize='uniform' for the shipped model.")
     if "alpha" in config and config["preprocess"] != "logit":

@@ -288,6 +288,35 @@ def condition_glow(old, new, sample=None):
     return new
 
 
+def add_dequantizer(old, new, sample=None):
+    """Copies trained Glow `old` (uniform dequantization) into `new`, the
+    same Glow with a learned dequantizer (`tfflows.zoo.glow(...,
+    dequantize="variational")`, Flow++'s variational dequantization, Ho et
+    al. 2019): every flow and prior weight is copied, so `new`'s flow gives
+    `old`'s density on `[0, 1)^D`, and the dequantizer keeps its fresh init
+    (noise `sigmoid(eps)`, `eps ~ N(0, I)` through near-identity couplings)
+    for training to fit `q(u | x)` to the trained flow. `sample` is a batch
+    of pixel values (0..255) to build both models on. Returns `new`."""
+    if sample is not None:
+        x = np.asarray(sample)
+        old.log_prob((x.astype("float32") + 0.5) / float(2 ** old.n_bits))
+        new.log_prob(x)
+    for m in (old, new):
+        if not m.flow.built:
+            raise ValueError(f"{m.name} is not built; pass sample=a batch of pixel values.")
+    if old.needs_initialization:
+        raise ValueError(f"{old.name} has ActNorm layers that were never initialised: add a dequantizer to a "
+                         f"trained (or loaded) model, not a fresh one.")
+    if getattr(old, "dequantizer", None) is not None or getattr(new, "dequantizer", None) is None:
+        raise ValueError(f"add_dequantizer copies a Glow without a dequantizer into one with a dequantizer; "
+                         f"got {old.name} -> {new.name}.")
+    from tfflows.zoo.builders import copy_flow_weights
+
+    for _ in _paired_layers(old, new, "the dequantizer"):  # same layers, same names and types
+        pass
+    return copy_flow_weights(old, new)
+
+
 def keras_dtype(var):
     import keras
 
@@ -323,6 +352,8 @@ def main(argv=None):
     p.add_argument("--widen", type=_width_arg, default=None, metavar="H",
                    help="widen the coupling nets to H units (same depth) instead of deepening; "
                         "one width per level as 160,128 widens only the first level")
+    p.add_argument("--dequantize", choices=("variational",), default=None,
+                   help="add a learned dequantizer (same flow, same weights) instead of deepening")
     p.add_argument("--data", default="mnist", help="images to check the two models on (test split)")
     p.add_argument("--limit", type=int, default=500)
     p.add_argument("--out", required=True, help="where to write the grown model's .weights.h5")
@@ -330,6 +361,8 @@ def main(argv=None):
                    help="seed of the new units' random init (and the new steps' rotations): the same "
                         "command writes the same file")
     args = p.parse_args(argv)
+    if args.dequantize is not None and (args.widen is not None or args.deepen is not None):
+        raise SystemExit("tfflows.zoo.grow: give --dequantize alone (not with --deepen or --widen).")
     import keras
 
     keras.utils.set_random_seed(args.seed)
@@ -357,10 +390,12 @@ def main(argv=None):
     if args.deepen is not None and not k < args.deepen <= 2 * k:
         raise SystemExit(f"tfflows.zoo.grow: --deepen {args.deepen} must be more than the source's "
                          f"K={k} and at most {2 * k}.")
-    k_new, h_new = (k, args.widen) if args.widen else (args.deepen or 2 * k, h)
-    new = builders.glow(preset=args.preset, steps=k_new, hidden=h_new)
     images = zdata.load_arrays(args.data, "test", limit=args.limit)
     x = (images.astype("float32") + 0.5) / 256.0
+    if args.dequantize is not None:
+        return _add_dequantizer_main(args, old, k, h, images, x)
+    k_new, h_new = (k, args.widen) if args.widen else (args.deepen or 2 * k, h)
+    new = builders.glow(preset=args.preset, steps=k_new, hidden=h_new)
     old.log_prob(x[:8])
     if args.source != "pretrained":
         old.load_weights(args.source)
@@ -378,6 +413,35 @@ def main(argv=None):
              else f"--arch 'hidden=({_width_text(h_new)})'")
     print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
           f"--steps {k_new} {width} --init-from {args.out}")
+
+
+def _add_dequantizer_main(args, old, k, h, images, x):
+    from keras import ops
+
+    from tfflows import training
+    from tfflows.zoo import builders
+
+    new = builders.glow(preset=args.preset, steps=k, hidden=h, dequantize="variational")
+    old.log_prob(x[:8])
+    if args.source != "pretrained":
+        old.load_weights(args.source)
+    add_dequantizer(old, new, sample=images[:8])
+    # Same flow and prior: the same continuous density at the same points.
+    a = _np(old.log_prob(x))
+    z, log_det = new.flow.forward(ops.convert_to_tensor(x))
+    b = _np(new.base.log_prob(z) + log_det)
+    diff = np.abs(a - b).max()
+    bound = _np(new.bits_per_dim(images)).mean()
+    print(f"log p on {len(x)} test images: largest difference {diff:.2e} nats between the two flows; "
+          f"bits/dim with uniform noise (half-bin) {_np(old.bits_per_dim(x)).mean():.5f}, "
+          f"the variational bound with the fresh dequantizer (one draw) {bound:.5f}")
+    if not diff < 1e-2:
+        raise SystemExit(f"tfflows.zoo.grow: the copied flow's log p differs by up to {diff:.2e} nats from "
+                         f"the source's; nothing written.")
+    training.save_inference_weights(new, args.out)
+    width = (f"--hidden {h}" if not isinstance(h, (list, tuple)) else f"--arch 'hidden=({_width_text(h)})'")
+    print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} --steps {k} "
+          f"{width} --arch dequantize=variational --init-from {args.out}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,13 @@ width per level, for `tfflows train --arch 'hidden=(160,128)'`):
     python -m tfflows.zoo.grow --preset mnist --hidden 128 --from k48.weights.h5 --widen 160,128 \
         --out wide1.weights.h5   # the shipped model's last growth, from the width-128 stage-13 file
 
+`add_dequantizer(old, new)` (`--dequantize variational`) copies it into
+the same Glow with a learned dequantizer (Flow++), which starts near
+uniform noise, so training goes on from the old bits/dim:
+
+    python -m tfflows.zoo.grow --preset mnist --from pretrained --dequantize variational \
+        --out vd.weights.h5   # then tfflows train ... --arch dequantize=variational --init-from vd.weights.h5
+
 The new units' random init follows `--seed` (default 0): the same command
 writes the same file.
 """

@@ -54,7 +54,7 @@ def shipped_cpu_curve(card=CARD):
                 return total
         return total + left * spans[-1][1]
 
-    return [(cpu(c["minutes"]), c["test_bpd"]) for c in curve], sum(s["cpu_hours"] for s in stages) * 60
+    return [(cpu(c["minutes"]), c["test_bpd"]) for c in curve], cpu(sum(s["minutes"] for s in stages))
 
 
 def run_curve(folder):
@@ -100,7 +100,7 @@ def main(argv=None):
         folder, start, cores = rest.rsplit(":", 2)
         if start not in ("scratch", "shipped"):
             raise SystemExit(f"--run {spec}: START must be scratch or shipped")
-        offset = 0.0 if start == "scratch" else shipped[-1][0]
+        offset = 0.0 if start == "scratch" else shipped_total  # the end of its training, past its last point
         points = [(offset + c["minutes"] * float(cores), c["test_bpd"], c["step"]) for c in run_curve(folder)]
         versus = []
         for x, y, s in points:
@@ -126,8 +126,8 @@ def main(argv=None):
         ax.grid(alpha=0.3)
         if zoom:
             tail = [r for r in runs if r["start"] == "shipped"]
-            lo = shipped[-1][0] - 600
-            hi = max([shipped[-1][0] + 60] + [max(p[0] for p in r["points"]) + 20 for r in tail])
+            lo = shipped_total - 600
+            hi = max([shipped_total + 60] + [max(p[0] for p in r["points"]) + 20 for r in tail])
             ax.set_xlim(lo, hi)
             ax.set_ylim(1.10, 1.16)
             ax.axhline(1.12, color="r", ls="--", lw=0.8, label="target 1.12 (10k test)")

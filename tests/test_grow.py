@@ -261,7 +261,8 @@ def test_add_dequantizer_keeps_the_flow_and_starts_near_the_uniform_bound():
     np.testing.assert_allclose(to_np(new.base.log_prob(z) + log_det), to_np(old.log_prob(x)), rtol=1e-6, atol=1e-3)
     uniform = old.dequantized_bound(pixels, draws=64, seed=0)
     learned = new.dequantized_bound(pixels, draws=64, seed=0)
-    assert abs(learned.mean() - uniform.mean()) < 0.02, (learned.mean(), uniform.mean())
+    # KL(q || U) = 0.0100 nats per dimension at init: 0.0144 bits/dim more, up to how p varies in a bin.
+    assert abs(learned.mean() - uniform.mean() - 0.0144) < 0.006, (learned.mean(), uniform.mean())
     with pytest.raises(ValueError, match="without a dequantizer into one with"):
         grow.add_dequantizer(new, old)
 

@@ -361,6 +361,10 @@ def _train(options, log, strategy, dtype, why, ckpt_dir, custom_loop):
         else:
             model = builders.build(options.model, preset, cfg["overrides"],
                                    pretrained=options.init_from == "pretrained")
+            if getattr(model, "dequantizer", None) is not None:
+                # pretrained=True follows the shipped weights: record their dequantizer, so that
+                # config.json (evaluate/sample --run, resume, ship) rebuilds the same model.
+                cfg["overrides"]["dequantize"] = "variational"
             if options.init_from and options.init_from != "pretrained":
                 load_weights(model, options.init_from,
                              f"--model {options.model} --preset {preset} with {cfg['overrides']}", log)

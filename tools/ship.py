@@ -399,7 +399,9 @@ def main():
                        if c["step"] > 0]
     arch = {k: (list(v) if isinstance(v, tuple) else v)
             for k, v in builders.PRESETS[cfg["model"]][cfg["preset"]].items()}
-    arch.update(cfg.get("overrides", {}))
+    arch.update({k: v for k, v in cfg.get("overrides", {}).items() if k != "dequantize"})
+    if getattr(model, "dequantizer", None) is not None:  # what pretrained=True then builds
+        arch["dequantize"] = "variational"
     entry = dict(
         file=fname, sha256=builders.sha256_file(dest), size_bytes=os.path.getsize(dest), storage=storage,
         model=cfg["model"], preset=cfg["preset"], architecture=arch, params=int(model.count_params()),

@@ -26,6 +26,7 @@ Reference: Ho et al., Flow++, https://arxiv.org/abs/1902.00275 (section 3.1).
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfflows.layers.base import FlowSequence, sum_except_batch
@@ -93,14 +94,22 @@ class VariationalDequantizer(keras.layers.Layer):
             h = layer.compute_output_shape(h)
         self.noise_flow.build((None,) + self.data_shape)
         # At init the couplings' nets are zero, so f is a fixed diagonal
-        # scaling (sigmoid(2) per coupling that moves an element): undo it
-        # and scale by 1.702, making u = sigmoid(1.702 eps) ~ Phi(eps).
-        ones = ops.ones((1,) + self.data_shape, dtype=self.compute_dtype)
-        context = ops.zeros((1,) + self.data_shape[:2] + (self.features,), dtype=self.compute_dtype)
-        s0, _ = self.noise_flow.forward(ones, context=context)
-        init = math.log(1.702) - ops.convert_to_numpy(ops.log(ops.abs(s0[0])))
-        self.log_scale = self.add_weight(shape=self.data_shape, name="log_scale", initializer="zeros")
-        self.log_scale.assign(ops.cast(init, self.log_scale.dtype))
+        # scaling: sigmoid(2) per coupling that moves an element (Glow's
+        # scale). Undo it and scale by 1.702, making u = sigmoid(1.702 eps)
+        # ~ Phi(eps). Counted from the masks in numpy, so building inside a
+        # trace (jit, symbolic calls) works too.
+        moved = np.zeros(self.data_shape, dtype="float64")
+        c = self.data_shape[-1]
+        for layer in self.noise_flow.flow_layers:
+            if layer.mask == "checkerboard":
+                moved += 1.0 - layer._keep_mask
+            elif layer.reverse:  # channel halves: x_b, the transformed part, comes first
+                moved[..., :c - layer._c_a] += 1.0
+            else:  # ... or last
+                moved[..., layer._c_a:] += 1.0
+        init = math.log(1.702) - moved * math.log(1.0 / (1.0 + math.exp(-2.0)))
+        self.log_scale = self.add_weight(shape=self.data_shape, name="log_scale",
+                                         initializer=keras.initializers.Constant(init.astype("float32")))
         self.shift = self.add_weight(shape=self.data_shape, name="shift", initializer="zeros")
         self.built = True
 

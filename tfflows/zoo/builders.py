@@ -248,7 +248,7 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
             # The shipped flow without its learned dequantizer: a density on [0, 1)^D.
             kwargs = dict(preset=preset, levels=levels, steps=steps, hidden=hidden, lu=lu,
                           learned_prior=learned_prior, data_shape=data_shape, n_bits=n_bits, preprocess=preprocess,
-                          alpha=alpha, coupling=coupling, bins=bins, bound=bound)
+                          alpha=alpha, coupling=coupling, bins=bins, bound=bound, class_couplings=class_couplings)
             return copy_flow_weights(glow(pretrained=True, dequantize="variational", **kwargs),
                                      glow(pretrained=False, **kwargs))
     elif pretrained and dequantize == "variational":

@@ -301,9 +301,12 @@ def add_dequantizer(old, new, sample=None):
     dequantize="variational")`, Flow++'s variational dequantization, Ho et
     al. 2019): every flow and prior weight is copied, so `new`'s flow gives
     `old`'s density on `[0, 1)^D`, and the dequantizer keeps its fresh init
-    (noise `sigmoid(eps)`, `eps ~ N(0, I)` through near-identity couplings)
+    (noise `sigmoid(1.702 eps)`, `eps ~ N(0, I)`, near uniform)
     for training to fit `q(u | x)` to the trained flow. `sample` is a batch
     of pixel values (0..255) to build both models on. Returns `new`."""
+    if getattr(old, "dequantizer", None) is not None or getattr(new, "dequantizer", None) is None:
+        raise ValueError(f"add_dequantizer copies a Glow without a dequantizer into one with a dequantizer; "
+                         f"got {old.name} -> {new.name}.")
     if sample is not None:
         x = np.asarray(sample)
         old.log_prob((x.astype("float32") + 0.5) / float(2 ** old.n_bits))
@@ -314,9 +317,6 @@ def add_dequantizer(old, new, sample=None):
     if old.needs_initialization:
         raise ValueError(f"{old.name} has ActNorm layers that were never initialised: add a dequantizer to a "
                          f"trained (or loaded) model, not a fresh one.")
-    if getattr(old, "dequantizer", None) is not None or getattr(new, "dequantizer", None) is None:
-        raise ValueError(f"add_dequantizer copies a Glow without a dequantizer into one with a dequantizer; "
-                         f"got {old.name} -> {new.name}.")
     from tfflows.zoo.builders import copy_flow_weights
 
     for _ in _paired_layers(old, new, "the dequantizer"):  # same layers, same names and types
@@ -378,8 +378,9 @@ def main(argv=None):
     from tfflows.zoo import builders
     from tfflows.zoo import data as zdata
 
+    # The flow alone (a shipped learned dequantizer is not grown; --dequantize adds a fresh one).
     old = builders.glow(preset=args.preset, steps=args.steps, hidden=args.hidden,
-                        pretrained=args.source == "pretrained")
+                        pretrained=args.source == "pretrained", dequantize="uniform")
     k = args.steps or builders.PRESETS["glow"][args.preset]["steps"]
     h = args.hidden or builders.PRESETS["glow"][args.preset]["hidden"]
     if args.widen is not None:

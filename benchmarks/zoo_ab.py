@@ -31,7 +31,8 @@ CARD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 
 def shipped_cpu_curve(card=CARD):
-    """`[(cpu_minutes, test_bpd)]` of the shipped Glow's curve."""
+    """`([(cpu_minutes, test_bpd)], [(cpu_minutes, test_bpd_live)], total CPU minutes)` of the
+    shipped Glow's curve: the weights it wrote (the EMA) and, where recorded, the live ones."""
     with open(os.path.join(card, "curve.json")) as f:
         curve = json.load(f)
     with open(os.path.join(card, "history.json")) as f:
@@ -54,7 +55,8 @@ def shipped_cpu_curve(card=CARD):
                 return total
         return total + left * spans[-1][1]
 
-    return [(cpu(c["minutes"]), c["test_bpd"]) for c in curve], cpu(sum(s["minutes"] for s in stages))
+    live = [(cpu(c["minutes"]), c["test_bpd_live"]) for c in curve if "test_bpd_live" in c]
+    return [(cpu(c["minutes"]), c["test_bpd"]) for c in curve], live, cpu(sum(s["minutes"] for s in stages))
 
 
 def run_curve(folder):
@@ -93,22 +95,30 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="path prefix of the .png and .json written")
     args = p.parse_args(argv)
 
-    shipped, shipped_total = shipped_cpu_curve()
+    shipped, shipped_live, shipped_total = shipped_cpu_curve()
     runs = []
     for spec in args.run:
-        label, rest = spec.split("=", 1)
+        label, rest = spec.rsplit("=", 1)  # labels may hold "=" (K=8), paths do not
         folder, start, cores = rest.rsplit(":", 2)
         if start not in ("scratch", "shipped"):
             raise SystemExit(f"--run {spec}: START must be scratch or shipped")
         offset = 0.0 if start == "scratch" else shipped_total  # the end of its training, past its last point
         points = [(offset + c["minutes"] * float(cores), c["test_bpd"], c["step"]) for c in run_curve(folder)]
+        live = [(offset + c["minutes"] * float(cores), c["test_bpd_live"], c["step"])
+                for c in run_curve(folder) if "test_bpd_live" in c]
         versus = []
         for x, y, s in points:
             ref, extrapolated = at(shipped, x)
-            versus.append(dict(cpu_minutes=round(x, 1), step=s, test_bpd=y, shipped_curve=round(ref, 5),
-                               extrapolated=extrapolated))
+            row = dict(cpu_minutes=round(x, 1), step=s, test_bpd=y, shipped_curve=round(ref, 5),
+                       extrapolated=extrapolated)
+            for xl, yl, sl in live:
+                if sl == s:
+                    row["test_bpd_live"] = yl
+                    if start == "scratch" and shipped_live and x <= shipped_live[-1][0]:
+                        row["shipped_curve_live"] = round(at(shipped_live, x)[0], 5)
+            versus.append(row)
         runs.append(dict(label=label, folder=folder, start=start, cores=float(cores), points=points,
-                         versus=versus))
+                         live=live, versus=versus))
 
     import matplotlib
     matplotlib.use("Agg")
@@ -117,10 +127,16 @@ def main(argv=None):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, zoom in zip(axes, (False, True)):
         xs, ys = zip(*shipped)
-        ax.plot(xs, ys, "k.-", ms=3, lw=1, label="shipped Glow (old recipe)")
+        ax.plot(xs, ys, "k.-", ms=3, lw=1, label="shipped Glow (old recipe), written (EMA) weights")
+        if shipped_live:
+            xs, ys = zip(*shipped_live)
+            ax.plot(xs, ys, "k:", lw=1, label="shipped Glow, live weights")
         for r in runs:
             x, y, _ = zip(*r["points"])
-            ax.plot(x, y, "o-", ms=3, label=f"{r['label']}")
+            line, = ax.plot(x, y, "o-", ms=3, label=f"{r['label']}, EMA")
+            if r["live"]:
+                x, y, _ = zip(*r["live"])
+                ax.plot(x, y, "s--", ms=3, color=line.get_color(), label=f"{r['label']}, live")
         ax.set_xlabel("CPU minutes")
         ax.set_ylabel("test bits/dim (first 2000 test images)")
         ax.grid(alpha=0.3)
@@ -147,11 +163,14 @@ def main(argv=None):
           f"CPU minutes gained {-100 * tail_slope(shipped):.5f} bits/dim per 100 CPU minutes")
     for r in runs:
         print(f"## {r['label']} ({r['folder']}, from {r['start']}, {r['cores']:g} core(s))")
-        print("| CPU minutes | step | test bits/dim | shipped curve at the same CPU minutes |")
-        print("| --- | --- | --- | --- |")
+        print("| CPU minutes | step | test bits/dim (EMA) | live weights | shipped curve (EMA) at the same CPU "
+              "minutes | shipped curve (live) |")
+        print("| --- | --- | --- | --- | --- | --- |")
         for v in r["versus"]:
             ref = f"{v['shipped_curve']:.4f}" + (" (its end, extrapolated)" if v["extrapolated"] else "")
-            print(f"| {v['cpu_minutes']:.1f} | {v['step']} | {v['test_bpd']:.4f} | {ref} |")
+            live = f"{v['test_bpd_live']:.4f}" if "test_bpd_live" in v else "-"
+            ref_live = f"{v['shipped_curve_live']:.4f}" if "shipped_curve_live" in v else "-"
+            print(f"| {v['cpu_minutes']:.1f} | {v['step']} | {v['test_bpd']:.4f} | {live} | {ref} | {ref_live} |")
     print(f"wrote {args.out}.png and {args.out}.json")
 
 

@@ -48,7 +48,7 @@ def test_shipped_model_gives_its_recorded_bin_centre_bits_per_dim_to_1e6(key):
     layers were rewritten): a redesign of the layers must not move it."""
     entry = builders.read_manifest()[key]
     # Weights with a learned dequantizer: their flow's density, without it (ship.py records that).
-    bare = {"dequantize": "uniform"} if entry["architecture"].get("dequantize") == "variational" else {}
+    bare = {"dequantize": "uniform"} if entry.get("dequantize") == "variational" else {}
     model = tfflows.zoo.builders.BUILDERS[entry["model"]](preset=entry["preset"], pretrained=True, **bare)
     images = zdata.load_arrays("mnist", "test", limit=500)
     x = (images.astype("float32") + 0.5) / 256.0

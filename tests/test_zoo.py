@@ -402,18 +402,19 @@ def test_pretrained_weights_with_a_dequantizer_load_with_it_or_as_the_bare_flow(
     model.save_weights(str(path))
     table = builders.read_presets()
     table["glow"]["mnist-tiny"].update(
-        architecture=dict(builders.PRESETS["glow"]["mnist-tiny"], data_shape=[28, 28, 1], steps=1, hidden=8,
-                          dequantize="variational"),
-        weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size})
-    # A class-conditional entry under it does not inherit the dequantizer.
-    table["glow"]["mnist-tiny"]["classes"] = {"classes10": dict(architecture={"num_classes": 10},
-                                                                weights=table["glow"]["mnist-tiny"]["weights"])}
+        architecture=dict(builders.PRESETS["glow"]["mnist-tiny"], data_shape=[28, 28, 1], steps=1, hidden=8),
+        weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size,
+                 "dequantize": "variational"})
+    # A class-conditional entry under it has weights of its own, and no dequantizer unless they say so.
+    table["glow"]["mnist-tiny"]["classes"] = {"classes10": dict(
+        architecture={"num_classes": 10}, weights={k: v for k, v in table["glow"]["mnist-tiny"]["weights"].items()
+                                                   if k != "dequantize"})}
     (tmp_path / "presets.json").write_text(json.dumps(table))
     monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setattr(presets, "PRESETS_FILE", str(tmp_path / "presets.json"))
     manifest = builders.read_manifest()
-    assert manifest["glow-mnist-tiny"]["architecture"]["dequantize"] == "variational"
-    assert "dequantize" not in manifest["glow-mnist-tiny-classes10"]["architecture"]
+    assert builders.shipped_dequantize("glow-mnist-tiny") == "variational"
+    assert builders.shipped_dequantize("glow-mnist-tiny-classes10") == "uniform"
 
     loaded = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True)
     assert loaded.dequantizer is not None

@@ -79,7 +79,7 @@ def write_record(key, entry):
     the training record `zoo/<key>/history.json`."""
     table = builders.read_presets()
     row = table[entry["model"]][entry["preset"]]
-    row["weights"] = {k: entry[k] for k in ("file", "sha256", "size_bytes")}
+    row["weights"] = {k: entry[k] for k in ("file", "sha256", "size_bytes", "dequantize") if k in entry}
     row["metrics"] = {k: entry[k] for k in METRIC_KEYS if k in entry}
     row["card"] = f"zoo/{key}/README.md"
     with open(builders.PRESETS_FILE, "w") as f:
@@ -400,11 +400,11 @@ def main():
     arch = {k: (list(v) if isinstance(v, tuple) else v)
             for k, v in builders.PRESETS[cfg["model"]][cfg["preset"]].items()}
     arch.update({k: v for k, v in cfg.get("overrides", {}).items() if k != "dequantize"})
-    if getattr(model, "dequantizer", None) is not None:  # what pretrained=True then builds
-        arch["dequantize"] = "variational"
     entry = dict(
         file=fname, sha256=builders.sha256_file(dest), size_bytes=os.path.getsize(dest), storage=storage,
         model=cfg["model"], preset=cfg["preset"], architecture=arch, params=int(model.count_params()),
+        # A learned dequantizer ships with the weights: pretrained=True then builds it (builders.shipped_dequantize).
+        **({"dequantize": "variational"} if getattr(model, "dequantizer", None) is not None else {}),
         test_bpd=round(mean, 4), test_bpd_stderr=round(se, 4), test_images=int(test.shape[0]),
         test_draws=args.draws, test_bpd_per_draw=[round(d, 4) for d in per_draw],
         embedded_test500_bpd=round(bpd500, 4), embedded_test500_centres_bpd=float(centres.mean()),

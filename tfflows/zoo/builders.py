@@ -167,8 +167,9 @@ def _dequantizer(config, dequantize):
 
 def shipped_dequantize(key):
     """`"variational"` when the shipped weights `key` include a learned
-    dequantizer (their recorded architecture says so), else `"uniform"`."""
-    return read_manifest().get(key, {}).get("architecture", {}).get("dequantize", "uniform")
+    dequantizer (their presets-table entry says `"dequantize": "variational"`
+    beside the file's sha256), else `"uniform"`."""
+    return read_manifest().get(key, {}).get("dequantize", "uniform")
 
 
 def copy_flow_weights(src, dst):
@@ -195,7 +196,7 @@ def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None)
                       n_bits=config.get("n_bits", 8), dequantizer=_dequantizer(config, dequantize),
                       name=f"{model_name}_{preset}".replace("-", "_"))
     if pretrained:
-        load_pretrained(model, key, dict(config, dequantize="variational") if dequantize == "variational" else config)
+        load_pretrained(model, key, config)
     return model
 
 

@@ -61,9 +61,7 @@ def read_manifest():
                                                 card=row.get("card"), **row["weights"], **row.get("metrics", {}))
             # Class-conditional weights of the preset (`glow(preset, num_classes=K, pretrained=True)`).
             for key, sub in row.get("classes", {}).items():
-                # The base's learned dequantizer (if any) is not the class model's unless it says so.
-                base = {k: v for k, v in row["architecture"].items() if k != "dequantize"}
-                arch = dict(base, **sub["architecture"])
+                arch = dict(row["architecture"], **sub["architecture"])
                 out[f"{model}-{preset}-{key}"] = dict(model=model, preset=preset, architecture=arch,
                                                       card=sub.get("card"), **sub["weights"],
                                                       **sub.get("metrics", {}))

@@ -149,6 +149,20 @@ class Coupling(FlowLayer):
             )
         self.transform.build(self, c_b)
 
+    def transformed_mask(self, channels):
+        """A 0/1 numpy array (after `build`) marking the event elements this
+        coupling transforms, broadcastable to the event shape: `1 - keep`
+        for a checkerboard mask, one entry per channel (`channels` of them)
+        for a channel mask."""
+        if self.mask == "checkerboard":
+            return 1.0 - self._keep_mask
+        out = np.zeros(int(channels), dtype="float32")
+        if self.reverse:  # x_b, the transformed part, comes first
+            out[:int(channels) - self._c_a] = 1.0
+        else:
+            out[self._c_a:] = 1.0
+        return out
+
     def _masks(self, x):
         """`(keep, active)` 0/1 tensors in `x`'s dtype (checkerboard only)."""
         keep = ops.convert_to_tensor(self._keep_mask, dtype=x.dtype)

@@ -99,14 +99,8 @@ class VariationalDequantizer(keras.layers.Layer):
         # ~ Phi(eps). Counted from the masks in numpy, so building inside a
         # trace (jit, symbolic calls) works too.
         moved = np.zeros(self.data_shape, dtype="float64")
-        c = self.data_shape[-1]
         for layer in self.noise_flow.flow_layers:
-            if layer.mask == "checkerboard":
-                moved += 1.0 - layer._keep_mask
-            elif layer.reverse:  # channel halves: x_b, the transformed part, comes first
-                moved[..., :c - layer._c_a] += 1.0
-            else:  # ... or last
-                moved[..., layer._c_a:] += 1.0
+            moved = moved + layer.transformed_mask(self.data_shape[-1])
         init = math.log(1.702) - moved * math.log(1.0 / (1.0 + math.exp(-2.0)))
         self.log_scale = self.add_weight(shape=self.data_shape, name="log_scale",
                                          initializer=keras.initializers.Constant(init.astype("float32")))

@@ -88,16 +88,26 @@ def fake_shipped(tmp_path, monkeypatch):
     model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8)
     x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
     model.initialize(x)
+    return model, x, _ship_fake(model, tmp_path, monkeypatch)
+
+
+def _ship_fake(model, tmp_path, monkeypatch, weights_extra=None, edit=None):
+    """Writes `model` (glow mnist-tiny, K=1, width 8) as the shipped weights of a
+    temp presets table (`weights_extra` beside its sha256, `edit(table)` before
+    writing) and points the package at it. Returns the file's path."""
     path = tmp_path / "glow-mnist-tiny.weights.h5"
     model.save_weights(str(path))
     table = builders.read_presets()
     table["glow"]["mnist-tiny"].update(
         architecture=dict(builders.PRESETS["glow"]["mnist-tiny"], data_shape=[28, 28, 1], steps=1, hidden=8),
-        weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size})
+        weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size,
+                 **(weights_extra or {})})
+    if edit is not None:
+        edit(table)
     (tmp_path / "presets.json").write_text(json.dumps(table))
     monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setattr(presets, "PRESETS_FILE", str(tmp_path / "presets.json"))
-    return model, x, path
+    return path
 
 
 def test_pretrained_loads_verified_weights(fake_shipped):
@@ -398,21 +408,13 @@ def test_pretrained_weights_with_a_dequantizer_load_with_it_or_as_the_bare_flow(
     model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, dequantize="variational")
     pixels = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("uint8")
     model.initialize(pixels)
-    path = tmp_path / "glow-mnist-tiny.weights.h5"
-    model.save_weights(str(path))
-    table = builders.read_presets()
-    table["glow"]["mnist-tiny"].update(
-        architecture=dict(builders.PRESETS["glow"]["mnist-tiny"], data_shape=[28, 28, 1], steps=1, hidden=8),
-        weights={"file": path.name, "sha256": builders.sha256_file(str(path)), "size_bytes": path.stat().st_size,
-                 "dequantize": "variational"})
-    # A class-conditional entry under it has weights of its own, and no dequantizer unless they say so.
-    table["glow"]["mnist-tiny"]["classes"] = {"classes10": dict(
-        architecture={"num_classes": 10}, weights={k: v for k, v in table["glow"]["mnist-tiny"]["weights"].items()
-                                                   if k != "dequantize"})}
-    (tmp_path / "presets.json").write_text(json.dumps(table))
-    monkeypatch.setattr(presets, "WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(presets, "PRESETS_FILE", str(tmp_path / "presets.json"))
-    manifest = builders.read_manifest()
+    def class_entry(table):
+        # A class-conditional entry under it has weights of its own, and no dequantizer unless they say so.
+        row = table["glow"]["mnist-tiny"]
+        row["classes"] = {"classes10": dict(architecture={"num_classes": 10},
+                                            weights={k: v for k, v in row["weights"].items() if k != "dequantize"})}
+
+    _ship_fake(model, tmp_path, monkeypatch, {"dequantize": "variational"}, class_entry)
     assert builders.shipped_dequantize("glow-mnist-tiny") == "variational"
     assert builders.shipped_dequantize("glow-mnist-tiny-classes10") == "uniform"
 

@@ -319,8 +319,7 @@ def add_dequantizer(old, new, sample=None):
                          f"trained (or loaded) model, not a fresh one.")
     from tfflows.zoo.builders import copy_flow_weights
 
-    for _ in _paired_layers(old, new, "the dequantizer"):  # same layers, same names and types
-        pass
+    list(_paired_layers(old, new, "the dequantizer"))  # raises unless same layers, names and types
     return copy_flow_weights(old, new)
 
 
@@ -404,9 +403,7 @@ def main(argv=None):
         return _add_dequantizer_main(args, old, k, h, images, x)
     k_new, h_new = (k, args.widen) if args.widen else (args.deepen or 2 * k, h)
     new = builders.glow(preset=args.preset, steps=k_new, hidden=h_new)
-    old.log_prob(x[:8])
-    if args.source != "pretrained":
-        old.load_weights(args.source)
+    _load_source(args, old, x)
     (widen_glow if args.widen else deepen_glow)(old, new, sample=x[:8])
     a, b = (_np(m.bits_per_dim(x)) for m in (old, new))
     diff = np.abs(a - b).max()
@@ -417,10 +414,20 @@ def main(argv=None):
         raise SystemExit(f"tfflows.zoo.grow: the grown model's bits/dim differ by up to "
                          f"{diff:.2e} from the source's; nothing written.")
     training.save_inference_weights(new, args.out)
-    width = (f"--hidden {h_new}" if not isinstance(h_new, (list, tuple))
-             else f"--arch 'hidden=({_width_text(h_new)})'")
+    _print_train_hint(args, k_new, h_new)
+
+
+def _load_source(args, old, x):
+    """Builds `old` on `x` and loads `--from FILE` into it (the shipped weights are already in)."""
+    old.log_prob(x[:8])
+    if args.source != "pretrained":
+        old.load_weights(args.source)
+
+
+def _print_train_hint(args, k, h, extra=""):
+    width = f"--hidden {h}" if not isinstance(h, (list, tuple)) else f"--arch 'hidden=({_width_text(h)})'"
     print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
-          f"--steps {k_new} {width} --init-from {args.out}")
+          f"--steps {k} {width} {extra}--init-from {args.out}")
 
 
 def _add_dequantizer_main(args, old, k, h, images, x):
@@ -430,9 +437,7 @@ def _add_dequantizer_main(args, old, k, h, images, x):
     from tfflows.zoo import builders
 
     new = builders.glow(preset=args.preset, steps=k, hidden=h, dequantize="variational")
-    old.log_prob(x[:8])
-    if args.source != "pretrained":
-        old.load_weights(args.source)
+    _load_source(args, old, x)
     add_dequantizer(old, new, sample=images[:8])
     # Same flow and prior: the same continuous density at the same points.
     a = _np(old.log_prob(x))
@@ -447,9 +452,7 @@ def _add_dequantizer_main(args, old, k, h, images, x):
         raise SystemExit(f"tfflows.zoo.grow: the copied flow's log p differs by up to {diff:.2e} nats from "
                          f"the source's; nothing written.")
     training.save_inference_weights(new, args.out)
-    width = (f"--hidden {h}" if not isinstance(h, (list, tuple)) else f"--arch 'hidden=({_width_text(h)})'")
-    print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} --steps {k} "
-          f"{width} --arch dequantize=variational --init-from {args.out}")
+    _print_train_hint(args, k, h, "--arch dequantize=variational ")
 
 
 if __name__ == "__main__":

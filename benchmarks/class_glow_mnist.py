@@ -103,7 +103,7 @@ def train(args):
         print(f"resumed at step {state['step']}, {state['minutes']:.1f} minutes trained", flush=True)
     else:
         keras.utils.set_random_seed(args.seed)
-        old = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the flow alone
+        old = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the uniform-noise weights
         model = tfflows.zoo.glow(preset="mnist", num_classes=10, class_couplings=args.class_couplings)
         condition_glow(old, model)
         t = time.time()
@@ -201,7 +201,7 @@ def report(args):
     # Bits/dim given the true label on the whole test set (one noise draw),
     # and the unconditional Glow's on the same draw.
     x = _dequantize(x_test, np.random.default_rng(args.seed))
-    old = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the flow alone
+    old = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the uniform-noise weights
     cond_fn, old_fn = model.make_bits_per_dim_function(), old.make_bits_per_dim_function()
     bpd = np.concatenate([np.asarray(cond_fn(x[i:i + 250], y_test[i:i + 250])) for i in range(0, len(x), 250)])
     old_bpd = np.concatenate([np.asarray(old_fn(x[i:i + 250])) for i in range(0, len(x), 250)])

@@ -89,7 +89,7 @@ def main(argv=None):
     from tfflows import apps
 
     t0 = time.perf_counter()
-    model = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the flow alone
+    model = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the uniform-noise weights
     background = None
     if args.background:
         from tfflows import cli

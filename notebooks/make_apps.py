@@ -9,9 +9,9 @@ from _build import write_notebook
 cells = [
     ("md", """# What to do with a trained flow: class-conditional samples, interpolation, manipulation, inpainting, OOD scores, FastFlow
 
-Everything here uses the shipped MNIST Glow's flow (`glow(preset="mnist", pretrained=True,
-dequantize="uniform")`: its density on `[0, 1)^D`, without the learned dequantizer it was trained
-with, which these applications do not use) and the 500 test images embedded in the package. `TFFLOWS_NOTEBOOK_STEPS`
+Everything here uses the shipped MNIST Glow trained with uniform noise (`glow(preset="mnist",
+pretrained=True, dequantize="uniform")`, shipped beside the one with a learned dequantizer: a density
+on `[0, 1)^D`, which these applications need) and the 500 test images embedded in the package. `TFFLOWS_NOTEBOOK_STEPS`
 (default 100) sets the inpainting steps; the test suite runs it with a tiny budget."""),
     ("code", """import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

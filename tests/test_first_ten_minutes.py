@@ -43,6 +43,14 @@ def test_list_shows_the_builder_call_cli_flags_and_measured_metric():
     assert "shipped:" in line and "bits/dim" in line
     assert "no weights ship" in next(l for l in out.splitlines() if "mnist-tiny" in l)
     assert "tfflows.zoo.maf(" in out and "tfflows.zoo.sylvester(" in out
+    # Uniform-noise weights shipped beside a learned dequantizer's are listed with their own call.
+    from tfflows.zoo.presets import read_manifest
+
+    for e in read_manifest().values():
+        if e.get("build") == {"dequantize": "uniform"}:
+            line = next(l for l in out.splitlines()
+                        if f"{e['model']}(preset={e['preset']!r}, pretrained=True, dequantize='uniform')" in l)
+            assert f"{e['test_bpd']:.4f}" in line and "--arch dequantize=uniform" in line
 
 
 def test_every_listed_python_builder_call_builds():

@@ -283,3 +283,33 @@ def test_grow_command_adds_a_dequantizer(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--dequantize alone"):
         grow.main(["--preset", "mnist-tiny", "--from", src_path, "--dequantize", "variational", "--deepen", "3",
                    "--out", out])
+
+
+@pytest.mark.parametrize("name", ["realnvp", "nice"])
+def test_grow_command_adds_a_dequantizer_to_realnvp_and_nice(name, tmp_path, capsys):
+    """`--model realnvp|nice --dequantize variational`: the same flow and prior
+    with a fresh dequantizer (uint8 in, a finite bound out, near the
+    uniform-noise one); deepening them is refused."""
+    build = tfflows.zoo.builders.BUILDERS[name]
+    src = build(preset="mnist-tiny")
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1)).astype("uint8")
+    x = (pixels.astype("float32") + 0.5) / 256.0
+    src.initialize(x)
+    src_path = str(tmp_path / "src.weights.h5")
+    training.save_inference_weights(src, src_path)
+    out = str(tmp_path / "vd.weights.h5")
+    grow.main(["--model", name, "--preset", "mnist-tiny", "--from", src_path, "--dequantize", "variational",
+               "--out", out, "--limit", "20"])
+    printed = capsys.readouterr().out
+    assert "largest difference" in printed and f"--model {name} " in printed
+    new = build(preset="mnist-tiny", dequantize="variational")
+    assert new.dequantizer is not None
+    new.log_prob(pixels[:2])
+    new.load_weights(out)
+    z, log_det = new.flow.forward(x)
+    np.testing.assert_allclose(to_np(new.base.log_prob(z) + log_det), to_np(src.log_prob(x)), rtol=1e-6, atol=1e-3)
+    uniform = src.dequantized_bound(pixels, draws=16, seed=0)
+    learned = new.dequantized_bound(pixels, draws=16, seed=0)
+    assert np.all(np.isfinite(learned)) and abs(learned.mean() - uniform.mean()) < 0.05
+    with pytest.raises(SystemExit, match="takes --dequantize variational only"):
+        grow.main(["--model", name, "--preset", "mnist-tiny", "--from", src_path, "--deepen", "3", "--out", out])

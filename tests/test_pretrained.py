@@ -29,7 +29,8 @@ def test_shipped_weights_fit_the_size_budget():
 def test_shipped_model_loads_and_matches_its_card(key):
     entry = builders.read_manifest()[key]
     assert builders.sha256_file(builders.verified_weights_path(key)) == entry["sha256"]
-    model = tfflows.zoo.builders.BUILDERS[entry["model"]](preset=entry["preset"], pretrained=True)
+    model = tfflows.zoo.builders.BUILDERS[entry["model"]](preset=entry["preset"], pretrained=True,
+                                                           **entry.get("build", {}))
     images = zdata.load_arrays("mnist", "test", limit=500)
     bpd, _, _ = training.evaluate_bpd(model, images, draws=4, seed=1234)
     assert abs(bpd - entry["embedded_test500_bpd"]) < 0.03, (bpd, entry["embedded_test500_bpd"])
@@ -47,9 +48,11 @@ def test_shipped_model_gives_its_recorded_bin_centre_bits_per_dim_to_1e6(key):
     centres (recorded in the presets table when the file shipped, or when the
     layers were rewritten): a redesign of the layers must not move it."""
     entry = builders.read_manifest()[key]
-    # Weights with a learned dequantizer: their flow's density, without it (ship.py records that).
-    bare = {"dequantize": "uniform"} if entry.get("dequantize") == "variational" else {}
-    model = tfflows.zoo.builders.BUILDERS[entry["model"]](preset=entry["preset"], pretrained=True, **bare)
+    build = tfflows.zoo.builders.BUILDERS[entry["model"]]
+    model = build(preset=entry["preset"], pretrained=True, **entry.get("build", {}))
+    if entry.get("dequantize") == "variational":
+        # Weights with a learned dequantizer: their flow's density, without it (ship.py records that).
+        model = builders.copy_flow_weights(model, build(preset=entry["preset"], dequantize="uniform"))
     images = zdata.load_arrays("mnist", "test", limit=500)
     x = (images.astype("float32") + 0.5) / 256.0
     bpd = np.concatenate([np.asarray(model.bits_per_dim(x[i:i + 100])) for i in range(0, 500, 100)])

@@ -159,6 +159,21 @@ def test_ship_refuses_a_run_the_preset_could_not_load():
         ship.check_shippable(ok, "realnvp-mnist")
 
 
+def test_ship_keeps_the_uniform_noise_weights_a_dequantizer_replaces(fake_shipped, tmp_path, monkeypatch):
+    """ship.keep_uniform: the shipped uniform-noise file becomes `<key>-uniform`
+    (renamed, same sha256, its metrics kept), loadable with dequantize='uniform'."""
+    _, _, path = fake_shipped
+    ship = _ship_module()
+    monkeypatch.setattr(builders, "WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(builders, "PRESETS_FILE", str(tmp_path / "presets.json"))
+    before = builders.read_manifest()["glow-mnist-tiny"]
+    ship.keep_uniform("glow-mnist-tiny")
+    assert not path.exists() and (tmp_path / "glow-mnist-tiny-uniform.weights.h5").exists()
+    entry = builders.read_manifest()["glow-mnist-tiny-uniform"]
+    assert entry["sha256"] == before["sha256"] and entry["build"] == {"dequantize": "uniform"}
+    assert builders.sha256_file(builders.verified_weights_path("glow-mnist-tiny-uniform")) == before["sha256"]
+
+
 def test_model_card_progress_projects_from_the_last_stage():
     ship = _ship_module()
     stage = lambda h, b: {"cpu_hours": h, "test_bpd": b}  # noqa: E731
@@ -400,11 +415,18 @@ def test_glow_with_variational_dequantization_takes_pixels_and_trains():
         tfflows.zoo.glow(preset="mnist-tiny", dequantize="gaussian")
 
 
-def test_pretrained_weights_with_a_dequantizer_load_with_it_or_as_the_bare_flow(tmp_path, monkeypatch):
+def bare_log_prob(model, y):
+    """log p(y) of `model`'s flow and prior alone, without its dequantizer."""
+    z, log_det = model.flow.forward(y)
+    return model.base.log_prob(z) + log_det
+
+
+def test_pretrained_weights_with_a_dequantizer_load_with_it_or_the_uniform_noise_weights(tmp_path, monkeypatch):
     """Shipped weights whose architecture records `dequantize: variational`:
     `pretrained=True` builds the model with its dequantizer (integer pixels
-    in, the bound out); `dequantize="uniform"` gives the same flow without
-    it (the continuous density the apps and export take)."""
+    in, the bound out); `dequantize="uniform"` loads the uniform-noise
+    weights shipped beside them (the continuous density the apps and export
+    take), and is refused where none ship."""
     model = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, dequantize="variational")
     pixels = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)).astype("uint8")
     model.initialize(pixels)
@@ -422,10 +444,29 @@ def test_pretrained_weights_with_a_dequantizer_load_with_it_or_as_the_bare_flow(
     assert loaded.dequantizer is not None
     np.testing.assert_allclose(loaded.dequantized_bound(pixels, draws=4, seed=0),
                                model.dequantized_bound(pixels, draws=4, seed=0), rtol=1e-6)
-    bare = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True, dequantize="uniform")
-    assert bare.dequantizer is None
+    # Its flow alone, copied by hand: the same flow and prior, no dequantizer.
+    flow_only = builders.copy_flow_weights(loaded, tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8))
     y = (pixels.astype("float32") + 0.5) / 256.0
-    z, log_det = model.flow.forward(y)
-    np.testing.assert_allclose(to_np(bare.log_prob(y)), to_np(model.base.log_prob(z) + log_det), rtol=1e-6)
+    np.testing.assert_allclose(to_np(flow_only.log_prob(y)), to_np(bare_log_prob(model, y)), rtol=1e-6)
+    with pytest.raises(builders.WeightsError, match="No uniform-noise weights ship"):
+        tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True, dequantize="uniform")
+
+    # Uniform-noise weights beside them: another Glow of the same flow, without a dequantizer.
+    other = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, dequantize="uniform")
+    other.initialize(y)
+    path = tmp_path / "glow-mnist-tiny-uniform.weights.h5"
+    other.save_weights(str(path))
+    table = builders.read_presets()
+    table["glow"]["mnist-tiny"]["uniform"] = dict(weights={"file": path.name, "sha256": builders.sha256_file(str(path)),
+                                                           "size_bytes": path.stat().st_size})
+    (tmp_path / "presets.json").write_text(json.dumps(table))
+    assert builders.read_manifest()["glow-mnist-tiny-uniform"]["build"] == {"dequantize": "uniform"}
+    uniform = tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True, dequantize="uniform")
+    assert uniform.dequantizer is None
+    np.testing.assert_array_equal(to_np(uniform.log_prob(y)), to_np(other.log_prob(y)))
+    assert np.max(np.abs(to_np(uniform.log_prob(y)) - to_np(bare_log_prob(model, y)))) > 1e-3
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(builders.WeightsError, match="glow-mnist-tiny-uniform.weights.h5 failed its sha256"):
+        tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True, dequantize="uniform")
     with pytest.raises(builders.WeightsError, match="different architecture"):
         tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8, pretrained=True)

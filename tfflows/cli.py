@@ -388,6 +388,15 @@ def cmd_list(args):
         print(f"{row['call']:{width}s}  {row['flags']:{flags}s}  {what}")
     from tfflows.zoo.presets import read_manifest
 
+    uniform = [(k, e) for k, e in read_manifest().items() if e.get("build") == {"dequantize": "uniform"}]
+    if uniform:
+        print()
+        print("Trained with uniform noise, beside weights with a learned dequantizer (for the apps and export):")
+        for key, e in uniform:
+            call = f"tfflows.zoo.{e['model']}(preset={e['preset']!r}, pretrained=True, dequantize='uniform')"
+            flags = f"--model {e['model']} --preset {e['preset']} --pretrained --arch dequantize=uniform"
+            print(f"  {call}  {flags}  shipped: {e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f} "
+                  f"bits/dim (card: {e['card']})")
     conditional = [(k, e) for k, e in read_manifest().items() if "num_classes" in e["architecture"]]
     if conditional:
         print()

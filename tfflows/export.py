@@ -111,8 +111,8 @@ def _check_exportable(model):
     if getattr(model, "dequantizer", None) is not None:
         raise NotImplementedError(
             f"tfflows.export does not serve models with a variational dequantizer yet (model '{model.name}'): "
-            f"its signatures dequantize with uniform noise. Export its flow without the dequantizer: for shipped "
-            f"weights, tfflows.zoo.glow(preset=..., pretrained=True, dequantize='uniform') (on the command line, "
+            f"its signatures dequantize with uniform noise. Export a model trained with uniform noise: for shipped "
+            f"weights, the ones shipped beside them, tfflows.zoo.glow(preset=..., pretrained=True, dequantize='uniform') (on the command line, "
             f"tfflows export --pretrained --arch dequantize=uniform).")
     if model.n_bits is not None and model.n_bits > 8:
         raise ValueError(

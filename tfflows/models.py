@@ -363,8 +363,9 @@ class FlowModel(keras.Model):
         if self.dequantizer is not None:
             raise ValueError(f"{what} needs the model's density of continuous images in [0, 1); FlowModel "
                              f"'{self.name}' has a variational dequantizer, so its log_prob takes integer pixel "
-                             f"values and returns a stochastic bound. Use its flow without the dequantizer (for "
-                             f"shipped weights: tfflows.zoo.glow(preset=..., pretrained=True, dequantize='uniform')).")
+                             f"values and returns a stochastic bound. Use a model trained with uniform noise (for "
+                             f"shipped weights, the ones shipped beside them: tfflows.zoo.glow(preset=..., "
+                             f"pretrained=True, dequantize='uniform')).")
 
     def dequantize(self, x, training=False):
         """`(y, log q(u | x))` for a model with a `dequantizer`: `y = (x + u)

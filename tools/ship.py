@@ -41,7 +41,7 @@ PREPROCESSING = {
                                    "(`tfflows.layers.VariationalDequantizer`, Flow++), `(x + u) / 256`; then the "
                                    "model's own bijective preprocessing. Its bits/dim is the variational bound "
                                    "`E_q[-log p((x + u) / 256) + log q(u | x)] / (D ln 2) + 8`, an upper bound on the "
-                                   "discrete NLL; `dequantize='uniform'` gives the flow alone",
+                                   "discrete NLL; `dequantize='uniform'` gives the uniform-noise model shipped beside it (`<key>-uniform` in the presets table), for the applications and the SavedModel export",
 }
 HISTORY_KEYS = ("command", "recipe", "stages", "hardware", "storage")
 METRIC_KEYS = ("test_bpd", "test_bpd_stderr", "test_bpd_per_draw", "test_images", "test_draws",
@@ -88,6 +88,29 @@ def write_record(key, entry):
     with open(history_path(key), "w") as f:
         json.dump({k: entry[k] for k in HISTORY_KEYS if k in entry}, f, indent=1, sort_keys=True)
         f.write("\n")
+
+
+def keep_uniform(key):
+    """Before weights with a learned dequantizer replace the uniform-noise
+    weights shipped as `key`, keeps those as `<key>-uniform` (file renamed,
+    sha256 and metrics moved to the row's `uniform` entry), so that
+    `pretrained=True, dequantize="uniform"` still loads a density on
+    [0, 1)^D for the apps and the export."""
+    table = builders.read_presets()
+    model, preset = key.split("-", 1)
+    row = table[model][preset]
+    src = os.path.join(builders.WEIGHTS_DIR, row["weights"]["file"])
+    fname = f"{key}-uniform.weights.h5"
+    os.replace(src, os.path.join(builders.WEIGHTS_DIR, fname))
+    stages = len((read_record(key) or {}).get("stages") or [None])
+    row["uniform"] = dict(weights=dict(row["weights"], file=fname), metrics=dict(row.get("metrics", {})),
+                          card=row.get("card"),
+                          note=f"Stage {stages} of the same run (uniform noise): the weights before a learned "
+                               f"dequantizer was added. For the applications and the SavedModel export, which "
+                               f"need a density on [0, 1)^D.")
+    with open(builders.PRESETS_FILE, "w") as f:
+        f.write(dump_table(table))
+    print(f"{key}: kept the uniform-noise weights as {fname} ({key}-uniform)")
 
 
 def base_stage(stages, i):
@@ -368,6 +391,9 @@ def main():
     os.makedirs(builders.WEIGHTS_DIR, exist_ok=True)
     fname = f"{args.key}.weights.h5"
     dest = os.path.join(builders.WEIGHTS_DIR, fname)
+    if getattr(model, "dequantizer", None) is not None and args.key in manifest \
+            and builders.shipped_dequantize(args.key) == "uniform":
+        keep_uniform(args.key)
     # Weights only, no optimizer state; re-rounding float16-rounded kernels is exact.
     training.save_inference_weights(model, dest, net_kernels_float16=args.net_kernels_float16)
     card_dir = os.path.join(ROOT, "zoo", args.key)

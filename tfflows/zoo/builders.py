@@ -187,11 +187,33 @@ def copy_flow_weights(src, dst):
     return dst
 
 
-def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None):
+def _shipped_key(model_name, preset, pretrained, dequantize):
+    """`(key of the shipped weights to load, dequantize)` for an
+    unconditional image model: with `pretrained=True`, `dequantize=None`
+    follows the shipped weights, and `"uniform"` beside weights with a
+    learned dequantizer takes the uniform-noise weights shipped with them
+    (`<model>-<preset>-uniform`)."""
     key = f"{model_name}-{preset}"
-    if pretrained and dequantize == "variational" and shipped_dequantize(key) != "variational":
+    if not pretrained:
+        return key, dequantize
+    shipped = shipped_dequantize(key)
+    if dequantize is None:
+        return key, shipped
+    if dequantize == "variational" and shipped != "variational":
         raise WeightsError(f"No shipped {model_name} {preset!r} weights have a variational dequantizer; use "
                            f"pretrained=False, or dequantize='uniform' for the shipped model.")
+    if dequantize == "uniform" and shipped == "variational":
+        key = f"{key}-uniform"
+        if key not in read_manifest():
+            raise WeightsError(
+                f"No uniform-noise weights ship beside the {model_name} {preset!r} weights, which have a learned "
+                f"dequantizer; their flow alone was trained only where that dequantizer puts its noise and is "
+                f"no density to use off the data (copy it with builders.copy_flow_weights if you must).")
+    return key, dequantize
+
+
+def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None, key=None):
+    key = key or f"{model_name}-{preset}"
     model = FlowModel(flow, base=base, data_shape=config["data_shape"],
                       n_bits=config.get("n_bits", 8), dequantizer=_dequantizer(config, dequantize),
                       name=f"{model_name}_{preset}".replace("-", "_"))
@@ -227,11 +249,14 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
 
     With `pretrained=True`, `dequantize=None` (the default) follows the
     shipped weights: a model with the shipped dequantizer if they have one.
-    `dequantize="uniform"` then gives the shipped flow without it, a
-    density on `[0, 1)^D` for uniformly dequantized floats (what the
-    applications, `ood_score`, `inpaint`, and the SavedModel export take);
-    its bits/dim is the uniform-noise bound, a little above the
-    dequantizer's."""
+    `dequantize="uniform"` then gives the Glow shipped beside it that was
+    trained with uniform noise (`glow-<preset>-uniform` in the presets
+    table; for MNIST the run's stage before the dequantizer was added), a
+    density on `[0, 1)^D` for uniformly dequantized floats: what the
+    applications (`ood_score`, `inpaint`, ...) and the SavedModel export
+    take. Its bits/dim is the uniform-noise bound, above the dequantizer's.
+    (The dequantized model's flow alone is not that density: it was trained
+    only where its dequantizer puts the noise.)"""
     config = _config("glow", preset, dict(levels=levels, steps=steps, hidden=hidden, lu=lu,
                                           data_shape=data_shape, n_bits=n_bits,
                                           preprocess=preprocess, alpha=alpha, coupling=coupling, bins=bins,
@@ -241,17 +266,8 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
         raise ValueError("glow bins and bound set the spline couplings: pass coupling='spline' too.")
     spline = dict(coupling=config.get("coupling", "affine"), bins=config.get("bins", 8),
                   bound=config.get("bound", 3.0))
-    if pretrained and num_classes is None:
-        shipped = shipped_dequantize(f"glow-{preset}")
-        if dequantize is None:
-            dequantize = shipped
-        if dequantize == "uniform" and shipped == "variational":
-            # The shipped flow without its learned dequantizer: a density on [0, 1)^D.
-            kwargs = dict(preset=preset, levels=levels, steps=steps, hidden=hidden, lu=lu,
-                          learned_prior=learned_prior, data_shape=data_shape, n_bits=n_bits, preprocess=preprocess,
-                          alpha=alpha, coupling=coupling, bins=bins, bound=bound, class_couplings=class_couplings)
-            return copy_flow_weights(glow(pretrained=True, dequantize="variational", **kwargs),
-                                     glow(pretrained=False, **kwargs))
+    if num_classes is None:
+        key, dequantize = _shipped_key("glow", preset, pretrained, dequantize)
     elif pretrained and dequantize == "variational":
         raise WeightsError(f"No shipped glow {preset!r} weights have a variational dequantizer; use "
                            f"pretrained=False, or dequantize='uniform' for the shipped model.")
@@ -264,7 +280,7 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
         flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                          lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
                          alpha=config.get("alpha", 0.05), **spline)
-        return _finish("glow", preset, config, flow, "normal", pretrained, dequantize)
+        return _finish("glow", preset, config, flow, "normal", pretrained, dequantize, key=key)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ValueError(f"glow num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
     context_shape = (int(num_classes),)
@@ -283,9 +299,11 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
 
 
 def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, alpha=None,
-            data_shape=None, n_bits=None, context_dim=None):
+            data_shape=None, n_bits=None, context_dim=None, dequantize=None):
     """RealNVP, as `FlowModel`. `levels` scales, `steps` couplings per block,
     `hidden` the coupling width, `alpha` the logit squashing.
+    `dequantize="variational"` adds a learned dequantizer, and with
+    `pretrained=True` `dequantize` follows the shipped weights, as in `glow`.
 
     With a vector `data_shape=(dim,)` it is RealNVP for continuous vectors
     (`n_bits=None`, loss in nats): `2 * steps` affine couplings over
@@ -297,6 +315,8 @@ def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=No
         config = _config("realnvp", preset, dict(steps=steps, hidden=hidden))
         if pretrained:
             raise WeightsError("No pretrained weights ship for a vector RealNVP.")
+        if dequantize is not None:
+            raise ValueError("realnvp dequantize is for images; a vector RealNVP takes continuous vectors.")
         dim = int(tuple(data_shape)[0])
         context_shape = vectors.check_sizes("realnvp", dim, 2 * config["steps"], context_dim)
         flow = vectors.realnvp_vector_flow(dim, 2 * config["steps"], config["hidden"], context_shape)
@@ -305,19 +325,22 @@ def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=No
         raise ValueError("realnvp context_dim is for vector data (data_shape=(dim,)); image RealNVP is unconditional.")
     config = _config("realnvp", preset, dict(levels=levels, steps=steps, hidden=hidden, alpha=alpha,
                                              data_shape=data_shape, n_bits=n_bits))
+    key, dequantize = _shipped_key("realnvp", preset, pretrained, dequantize)
     flow = realnvp_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                         alpha=config["alpha"])
-    return _finish("realnvp", preset, config, flow, "normal", pretrained)
+    return _finish("realnvp", preset, config, flow, "normal", pretrained, dequantize, key=key)
 
 
 def nice(preset="mnist", pretrained=False, couplings=None, hidden=None, depth=None, base=None,
-         data_shape=None, n_bits=None):
+         data_shape=None, n_bits=None, dequantize=None):
     """NICE, as `FlowModel`: `couplings` additive layers with MLPs of
-    `depth` x `hidden`, a diagonal scaling and a logistic prior."""
+    `depth` x `hidden`, a diagonal scaling and a logistic prior.
+    `dequantize` as in `glow`."""
     config = _config("nice", preset, dict(couplings=couplings, hidden=hidden, depth=depth, base=base,
                                           data_shape=data_shape, n_bits=n_bits))
+    key, dequantize = _shipped_key("nice", preset, pretrained, dequantize)
     flow = nice_flow(config["data_shape"], config["couplings"], config["hidden"], config["depth"])
-    return _finish("nice", preset, config, flow, config["base"], pretrained)
+    return _finish("nice", preset, config, flow, config["base"], pretrained, dequantize, key=key)
 
 
 BUILDERS = {"glow": glow, "realnvp": realnvp, "nice": nice}

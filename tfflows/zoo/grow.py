@@ -42,12 +42,15 @@ width per level, for `tfflows train --arch 'hidden=(160,128)'`):
     python -m tfflows.zoo.grow --preset mnist --hidden 128 --from k48.weights.h5 --widen 160,128 \
         --out wide1.weights.h5   # the shipped model's last growth, from the width-128 stage-13 file
 
-`add_dequantizer(old, new)` (`--dequantize variational`) copies it into
-the same Glow with a learned dequantizer (Flow++), which starts near
-uniform noise, so training goes on from the old bits/dim:
+`add_dequantizer(old, new)` (`--dequantize variational`) copies a trained
+zoo model (Glow, RealNVP or NICE, `--model`) into the same model with a
+learned dequantizer (Flow++), which starts near uniform noise, so
+training goes on from the old bits/dim:
 
     python -m tfflows.zoo.grow --preset mnist --from pretrained --dequantize variational \
         --out vd.weights.h5   # then tfflows train ... --arch dequantize=variational --init-from vd.weights.h5
+    python -m tfflows.zoo.grow --model realnvp --preset mnist --from pretrained --dequantize variational \
+        --out realnvp-vd.weights.h5
 
 The new units' random init follows `--seed` (default 0): the same command
 writes the same file.
@@ -296,16 +299,16 @@ def condition_glow(old, new, sample=None):
 
 
 def add_dequantizer(old, new, sample=None):
-    """Copies trained Glow `old` (uniform dequantization) into `new`, the
-    same Glow with a learned dequantizer (`tfflows.zoo.glow(...,
-    dequantize="variational")`, Flow++'s variational dequantization, Ho et
+    """Copies trained zoo model `old` (uniform dequantization; Glow, RealNVP
+    or NICE) into `new`, the same model with a learned dequantizer
+    (`tfflows.zoo.glow(..., dequantize="variational")`, Flow++'s variational dequantization, Ho et
     al. 2019): every flow and prior weight is copied, so `new`'s flow gives
     `old`'s density on `[0, 1)^D`, and the dequantizer keeps its fresh init
     (noise `sigmoid(1.702 eps)`, `eps ~ N(0, I)`, near uniform)
     for training to fit `q(u | x)` to the trained flow. `sample` is a batch
     of pixel values (0..255) to build both models on. Returns `new`."""
     if getattr(old, "dequantizer", None) is not None or getattr(new, "dequantizer", None) is None:
-        raise ValueError(f"add_dequantizer copies a Glow without a dequantizer into one with a dequantizer; "
+        raise ValueError(f"add_dequantizer copies a model without a dequantizer into one with a dequantizer; "
                          f"got {old.name} -> {new.name}.")
     if sample is not None:
         x = np.asarray(sample)
@@ -346,6 +349,8 @@ def _width_text(h):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m tfflows.zoo.grow", description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("glow", "realnvp", "nice"), default="glow",
+                   help="the zoo model (default: glow); RealNVP and NICE take --dequantize only")
     p.add_argument("--preset", default="mnist")
     p.add_argument("--from", dest="source", default="pretrained",
                    help="'pretrained' (the shipped weights) or a .weights.h5 file of the preset")
@@ -369,6 +374,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.dequantize is not None and (args.widen is not None or args.deepen is not None):
         raise SystemExit("tfflows.zoo.grow: give --dequantize alone (not with --deepen or --widen).")
+    if args.model != "glow" and args.dequantize is None:
+        raise SystemExit(f"tfflows.zoo.grow: --model {args.model} takes --dequantize variational only "
+                         f"(deepen and widen are for Glow).")
     import keras
 
     keras.utils.set_random_seed(args.seed)
@@ -377,11 +385,16 @@ def main(argv=None):
     from tfflows.zoo import builders
     from tfflows.zoo import data as zdata
 
-    # The flow alone (a shipped learned dequantizer is not grown; --dequantize adds a fresh one).
-    old = builders.glow(preset=args.preset, steps=args.steps, hidden=args.hidden,
-                        pretrained=args.source == "pretrained", dequantize="uniform")
-    k = args.steps or builders.PRESETS["glow"][args.preset]["steps"]
-    h = args.hidden or builders.PRESETS["glow"][args.preset]["hidden"]
+    # Uniform noise (the shipped weights with a learned dequantizer come with uniform-noise ones; those
+    # are grown, and --dequantize adds a fresh dequantizer).
+    if args.preset not in builders.PRESETS[args.model]:
+        raise SystemExit(f"tfflows.zoo.grow: unknown {args.model} preset {args.preset!r}.")
+    arch = {k: v for k, v in (("steps", args.steps), ("hidden", args.hidden)) if v is not None}
+    old = builders.build(args.model, args.preset, dict(arch, dequantize="uniform"),
+                         pretrained=args.source == "pretrained")
+    k = args.steps or builders.PRESETS[args.model][args.preset].get(
+        "couplings" if args.model == "nice" else "steps")
+    h = args.hidden or builders.PRESETS[args.model][args.preset]["hidden"]
     if args.widen is not None:
         levels = builders.PRESETS["glow"][args.preset]["levels"]
         try:
@@ -426,7 +439,7 @@ def _load_source(args, old, x):
 
 def _print_train_hint(args, k, h, extra=""):
     width = f"--hidden {h}" if not isinstance(h, (list, tuple)) else f"--arch 'hidden=({_width_text(h)})'"
-    print(f"wrote {args.out}: train it with tfflows train --model glow --preset {args.preset} "
+    print(f"wrote {args.out}: train it with tfflows train --model {args.model} --preset {args.preset} "
           f"--steps {k} {width} {extra}--init-from {args.out}")
 
 
@@ -436,7 +449,7 @@ def _add_dequantizer_main(args, old, k, h, images, x):
     from tfflows import training
     from tfflows.zoo import builders
 
-    new = builders.glow(preset=args.preset, steps=k, hidden=h, dequantize="variational")
+    new = builders.build(args.model, args.preset, dict(steps=k, hidden=h, dequantize="variational"))
     _load_source(args, old, x)
     add_dequantizer(old, new, sample=images[:8])
     # Same flow and prior: the same continuous density at the same points.

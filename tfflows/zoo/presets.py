@@ -52,13 +52,23 @@ def read_manifest():
     """`{"<model>-<preset>": entry}` for every preset whose weights ship:
     the file, sha256 and size, the architecture, the measured metrics
     (`test_bpd`, `embedded_test500_bpd`, ...) and the card, flattened from
-    the presets table (`{}` when none ship)."""
+    the presets table (`{}` when none ship). Entries other than a preset's
+    main weights carry the builder keywords that load them: `build` (the
+    `-uniform` weights beside a learned dequantizer's) or `num_classes` in
+    their architecture (class-conditional)."""
     out = {}
     for model, presets in read_presets().items():
         for preset, row in presets.items():
             if row.get("weights"):
                 out[f"{model}-{preset}"] = dict(model=model, preset=preset, architecture=row["architecture"],
                                                 card=row.get("card"), **row["weights"], **row.get("metrics", {}))
+            # Uniform-noise weights beside weights with a learned dequantizer
+            # (`glow(preset, pretrained=True, dequantize="uniform")`): `build` holds the builder keywords.
+            sub = row.get("uniform")
+            if sub:
+                out[f"{model}-{preset}-uniform"] = dict(model=model, preset=preset, architecture=row["architecture"],
+                                                        card=sub.get("card"), build={"dequantize": "uniform"},
+                                                        **sub["weights"], **sub.get("metrics", {}))
             # Class-conditional weights of the preset (`glow(preset, num_classes=K, pretrained=True)`).
             for key, sub in row.get("classes", {}).items():
                 arch = dict(row["architecture"], **sub["architecture"])

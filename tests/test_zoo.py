@@ -172,6 +172,11 @@ def test_ship_keeps_the_uniform_noise_weights_a_dequantizer_replaces(fake_shippe
     entry = builders.read_manifest()["glow-mnist-tiny-uniform"]
     assert entry["sha256"] == before["sha256"] and entry["build"] == {"dequantize": "uniform"}
     assert builders.sha256_file(builders.verified_weights_path("glow-mnist-tiny-uniform")) == before["sha256"]
+    # Shipping uniform-noise weights again drops the uniform entry and its file.
+    monkeypatch.setattr(ship, "history_path", lambda key: str(tmp_path / key / "history.json"))
+    ship.write_record("glow-mnist-tiny", dict(before, file="glow-mnist-tiny.weights.h5", stages=[]))
+    assert "glow-mnist-tiny-uniform" not in builders.read_manifest()
+    assert not (tmp_path / "glow-mnist-tiny-uniform.weights.h5").exists()
 
 
 def test_model_card_progress_projects_from_the_last_stage():

@@ -353,7 +353,9 @@ def main(argv=None):
                    help="the zoo model (default: glow); RealNVP and NICE take --dequantize only")
     p.add_argument("--preset", default="mnist")
     p.add_argument("--from", dest="source", default="pretrained",
-                   help="'pretrained' (the shipped weights) or a .weights.h5 file of the preset")
+                   help="'pretrained' (the shipped weights; where those have a learned dequantizer, the "
+                        "uniform-noise weights shipped beside them) or a .weights.h5 file of the preset "
+                        "(default: pretrained)")
     p.add_argument("--steps", type=int, default=None, help="K of the source model (default: the preset's)")
     p.add_argument("--hidden", type=_width_arg, default=None,
                    help="coupling width of the source model, one int or one per level as 160,128 "

@@ -29,13 +29,16 @@ def load_target(target):
 
     if target in ("glow", "realnvp", "nice"):
         return getattr(tfflows.zoo, target)(preset="mnist", pretrained=True)
+    if target in ("glow-uniform", "realnvp-uniform"):  # the uniform-noise weights shipped beside them
+        return getattr(tfflows.zoo, target.split("-")[0])(preset="mnist", pretrained=True, dequantize="uniform")
     model, _ = cli.load_model_from_args(cli.build_parser().parse_args(["sample", "--run", target]))
     return model
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("targets", nargs="+", help="run folders, or glow / realnvp / nice (shipped)")
+    p.add_argument("targets", nargs="+", help="run folders, or glow / realnvp / nice (shipped), or glow-uniform / "
+                                              "realnvp-uniform (the uniform-noise weights shipped beside them)")
     p.add_argument("--data", required=True, help="mnist.npz with x_train, y_train, x_test, y_test")
     p.add_argument("--n", type=int, default=1000, help="samples per target")
     p.add_argument("--temperature", type=float, default=0.7)

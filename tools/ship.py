@@ -495,6 +495,9 @@ def write_card(card_dir, args, e, curve, model):
         rate = (b0 - b1) / max(m1 - m0, 1e-9) * 60
         slope = (f"Over the last {m1 - m0:.0f} minutes of the curve test bits/dim fell by {b0 - b1:.3f} "
                  f"({rate:.2f} per CPU-hour at that rate, which slows as training goes on).")
+    dequantizer = getattr(model, "dequantizer", None)
+    dequantizer_text = (f" (plus the learned dequantizer, {int(dequantizer.count_params()):,} parameters)"
+                        if dequantizer is not None else "")
     nice_note = ""
     if e["model"] == "nice":
         nice_note = ("\nThe NICE paper reports a test log-likelihood of 1980.50 nats on MNIST, with data "
@@ -509,7 +512,7 @@ def write_card(card_dir, args, e, curve, model):
 | --- | --- |
 | data | MNIST, 60,000 training images; test on the full 10,000-image test set |
 | preprocessing | {PREPROCESSING[e['recipe'].get('dequantization', 'uniform, 8-bit')].replace('<key>', args.key)} |
-| architecture | `{json.dumps(e['architecture'])}` |
+| architecture | `{json.dumps(e['architecture'])}`{dequantizer_text} |
 | parameters | {e['params']:,} |
 | storage | {e.get('storage', 'float32')} |
 | **test bits/dim** | **{e['test_bpd']:.4f} ± {e['test_bpd_stderr']:.4f}** (standard error over 10,000 images; mean of {e['test_draws']} noise draws: {e['test_bpd_per_draw']}) |

@@ -103,19 +103,20 @@ def main(argv=None):
         if start not in ("scratch", "shipped"):
             raise SystemExit(f"--run {spec}: START must be scratch or shipped")
         offset = 0.0 if start == "scratch" else shipped_total  # the end of its training, past its last point
-        points = [(offset + c["minutes"] * float(cores), c["test_bpd"], c["step"]) for c in run_curve(folder)]
+        curve = run_curve(folder)
+        points = [(offset + c["minutes"] * float(cores), c["test_bpd"], c["step"]) for c in curve]
         live = [(offset + c["minutes"] * float(cores), c["test_bpd_live"], c["step"])
-                for c in run_curve(folder) if "test_bpd_live" in c]
+                for c in curve if "test_bpd_live" in c]
+        live_at_step = {s: y for _, y, s in live}
         versus = []
         for x, y, s in points:
             ref, extrapolated = at(shipped, x)
             row = dict(cpu_minutes=round(x, 1), step=s, test_bpd=y, shipped_curve=round(ref, 5),
                        extrapolated=extrapolated)
-            for xl, yl, sl in live:
-                if sl == s:
-                    row["test_bpd_live"] = yl
-                    if start == "scratch" and shipped_live and x <= shipped_live[-1][0]:
-                        row["shipped_curve_live"] = round(at(shipped_live, x)[0], 5)
+            if s in live_at_step:
+                row["test_bpd_live"] = live_at_step[s]
+                if start == "scratch" and shipped_live and x <= shipped_live[-1][0]:
+                    row["shipped_curve_live"] = round(at(shipped_live, x)[0], 5)
             versus.append(row)
         runs.append(dict(label=label, folder=folder, start=start, cores=float(cores), points=points,
                          live=live, versus=versus))

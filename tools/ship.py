@@ -382,7 +382,8 @@ def main():
     # Bin centres, no noise: the exact figure tests/test_pretrained.py holds the file to (1e-6);
     # for a model with a learned dequantizer, its flow's density there (the flow without it).
     flow_only = model
-    if getattr(model, "dequantizer", None) is not None:
+    learned = getattr(model, "dequantizer", None) is not None  # a learned dequantizer ships with the weights
+    if learned:
         flow_only = builders.copy_flow_weights(model, builders.build(
             cfg["model"], cfg["preset"], dict(cfg.get("overrides", {}), dequantize="uniform")))
     centres = np.asarray(flow_only.bits_per_dim((emb.astype("float32") + 0.5) / 256.0), dtype="float64")
@@ -396,8 +397,7 @@ def main():
     os.makedirs(builders.WEIGHTS_DIR, exist_ok=True)
     fname = f"{args.key}.weights.h5"
     dest = os.path.join(builders.WEIGHTS_DIR, fname)
-    if getattr(model, "dequantizer", None) is not None and args.key in manifest \
-            and builders.shipped_dequantize(args.key) == "uniform":
+    if learned and args.key in manifest and builders.shipped_dequantize(args.key) == "uniform":
         keep_uniform(args.key)
     # Weights only, no optimizer state; re-rounding float16-rounded kernels is exact.
     training.save_inference_weights(model, dest, net_kernels_float16=args.net_kernels_float16)
@@ -435,7 +435,7 @@ def main():
         file=fname, sha256=builders.sha256_file(dest), size_bytes=os.path.getsize(dest), storage=storage,
         model=cfg["model"], preset=cfg["preset"], architecture=arch, params=int(model.count_params()),
         # A learned dequantizer ships with the weights: pretrained=True then builds it (builders.shipped_dequantize).
-        **({"dequantize": "variational"} if getattr(model, "dequantizer", None) is not None else {}),
+        **({"dequantize": "variational"} if learned else {}),
         test_bpd=round(mean, 4), test_bpd_stderr=round(se, 4), test_images=int(test.shape[0]),
         test_draws=args.draws, test_bpd_per_draw=[round(d, 4) for d in per_draw],
         embedded_test500_bpd=round(bpd500, 4), embedded_test500_centres_bpd=float(centres.mean()),
@@ -448,7 +448,7 @@ def main():
                     weights=stage["recipe"]["weights"],
                     dtype=dtype,
                     backend=cfg["backend"],
-                    dequantization=("variational (Flow++), 8-bit" if getattr(model, "dequantizer", None) is not None
+                    dequantization=("variational (Flow++), 8-bit" if learned
                                     else "uniform, 8-bit")),
         command=" && ".join(st["command"] for st in stages),
         date=datetime.date.today().isoformat(),

@@ -59,22 +59,19 @@ def read_manifest():
     out = {}
     for model, presets in read_presets().items():
         for preset, row in presets.items():
+            def entry(sub, architecture=row["architecture"], **extra):
+                return dict(model=model, preset=preset, architecture=architecture, card=sub.get("card"),
+                            **extra, **sub["weights"], **sub.get("metrics", {}))
+
             if row.get("weights"):
-                out[f"{model}-{preset}"] = dict(model=model, preset=preset, architecture=row["architecture"],
-                                                card=row.get("card"), **row["weights"], **row.get("metrics", {}))
+                out[f"{model}-{preset}"] = entry(row)
             # Uniform-noise weights beside weights with a learned dequantizer
             # (`glow(preset, pretrained=True, dequantize="uniform")`): `build` holds the builder keywords.
-            sub = row.get("uniform")
-            if sub:
-                out[f"{model}-{preset}-uniform"] = dict(model=model, preset=preset, architecture=row["architecture"],
-                                                        card=sub.get("card"), build={"dequantize": "uniform"},
-                                                        **sub["weights"], **sub.get("metrics", {}))
+            if row.get("uniform"):
+                out[f"{model}-{preset}-uniform"] = entry(row["uniform"], build={"dequantize": "uniform"})
             # Class-conditional weights of the preset (`glow(preset, num_classes=K, pretrained=True)`).
             for key, sub in row.get("classes", {}).items():
-                arch = dict(row["architecture"], **sub["architecture"])
-                out[f"{model}-{preset}-{key}"] = dict(model=model, preset=preset, architecture=arch,
-                                                      card=sub.get("card"), **sub["weights"],
-                                                      **sub.get("metrics", {}))
+                out[f"{model}-{preset}-{key}"] = entry(sub, dict(row["architecture"], **sub["architecture"]))
     return out
 
 

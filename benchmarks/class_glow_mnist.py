@@ -67,19 +67,28 @@ def _dequantize(images_u8, rng):
     return ((images_u8.astype("float32") + rng.random(images_u8.shape, dtype=np.float32)) / 256.0)
 
 
-def _evaluate(model, x_u8, y, seed=1234):
-    """(mean conditional bits/dim, its stderr, Bayes accuracy, its stderr) on `x_u8`."""
+def _evaluate(model, x_u8, y, seed=1234, marginal=False):
+    """(mean conditional bits/dim, its stderr, Bayes accuracy, its stderr) on
+    `x_u8`; with `marginal`, also the bits/dim of the mixture `p(x) = sum_y
+    p(y) p(x | y)` with uniform `p(y)` (the model used unconditionally) and its stderr."""
     import numpy as np
     from tfflows.apps.classes import class_log_probs
 
     x = _dequantize(x_u8, np.random.default_rng(seed))
     scores = class_log_probs(model, x, batch_size=250)
-    own = scores[np.arange(len(y)), y]
-    bpd = (-own / (28 * 28) + 8 * np.log(2)) / np.log(2)
-    correct = (np.argmax(scores, axis=1) == y).astype("float64")
-    n = len(y)
-    return (float(bpd.mean()), float(bpd.std(ddof=1) / np.sqrt(n)), float(correct.mean()),
-            float(correct.std(ddof=1) / np.sqrt(n)))
+
+    def bpd(log_p):
+        return (-log_p / (28 * 28) + 8 * np.log(2)) / np.log(2)
+
+    def mean_se(v):
+        return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
+
+    out = mean_se(bpd(scores[np.arange(len(y)), y])) + mean_se((np.argmax(scores, axis=1) == y).astype("float64"))
+    if marginal:
+        top = scores.max(axis=1)
+        log_mix = top + np.log(np.mean(np.exp(scores - top[:, None]), axis=1))
+        out += mean_se(bpd(log_mix))
+    return out
 
 
 def train(args):
@@ -196,7 +205,7 @@ def report(args):
     model.load_weights(weights)
     n = args.images
     t = time.time()
-    _, _, acc, acc_se = _evaluate(model, x_test[:n], y_test[:n], seed=args.seed)
+    _, _, acc, acc_se, mix, mix_se = _evaluate(model, x_test[:n], y_test[:n], seed=args.seed, marginal=True)
     eval_s = time.time() - t
     # Bits/dim given the true label on the whole test set (one noise draw),
     # and the unconditional Glow's on the same draw.
@@ -216,6 +225,7 @@ def report(args):
         unconditional_test_bpd_same_draw=float(old_bpd.mean()),
         difference_se=float((bpd - old_bpd).std(ddof=1) / np.sqrt(m)),
         bayes_accuracy=acc, bayes_accuracy_se=acc_se, bayes_eval_seconds=eval_s, curve=state["curve"],
+        mixture_bpd=mix, mixture_bpd_se=mix_se,
     )
     out["weights"] = weights
     with open(os.path.join(args.out, "report.json"), "w") as f:

@@ -11,7 +11,12 @@ unit tests use a quicker classifier trained on the 8,000 embedded images
 reports both).
 
 Targets: a run folder (`tfflows train --out DIR`), or `glow`, `realnvp`,
-`nice` for the shipped pretrained models.
+`nice` for the shipped pretrained models, or `glow-classes` for the shipped
+class-conditional Glow sampled as an unconditional model: the class `y`
+drawn from uniform `p(y)` (stratified, `n / 10` samples per class), then
+`x ~ p(x | y)`, which samples the mixture `p(x) = sum_y p(y) p(x | y)`; for it
+the script also gives the share of recognised samples whose class is the
+one asked for.
 
     .venv/bin/python -m benchmarks.recognisable --data ../shared/data/mnist.npz tfflows_out glow
 """
@@ -29,6 +34,8 @@ def load_target(target):
 
     if target in ("glow", "realnvp", "nice"):
         return getattr(tfflows.zoo, target)(preset="mnist", pretrained=True)
+    if target == "glow-classes":
+        return tfflows.zoo.glow(preset="mnist", pretrained=True, num_classes=10)
     if target in ("glow-uniform", "realnvp-uniform"):  # the uniform-noise weights shipped beside them
         return getattr(tfflows.zoo, target.split("-")[0])(preset="mnist", pretrained=True, dequantize="uniform")
     model, _ = cli.load_model_from_args(cli.build_parser().parse_args(["sample", "--run", target]))
@@ -38,7 +45,8 @@ def load_target(target):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("targets", nargs="+", help="run folders, or glow / realnvp / nice (shipped), or glow-uniform / "
-                                              "realnvp-uniform (the uniform-noise weights shipped beside them)")
+                                              "realnvp-uniform (the uniform-noise weights shipped beside them), or glow-classes "
+                                              "(the class-conditional Glow, classes drawn uniformly)")
     p.add_argument("--data", required=True, help="mnist.npz with x_train, y_train, x_test, y_test")
     p.add_argument("--n", type=int, default=1000, help="samples per target")
     p.add_argument("--temperature", type=float, default=0.7)
@@ -66,11 +74,19 @@ def main(argv=None):
     print(json.dumps(results["classifiers"]), flush=True)
     for target in args.targets:
         model = load_target(target)
-        samples = np.clip(np.asarray(model.sample(args.n, temperature=args.temperature, seed=args.seed)), 0, 1)
+        labels = None
+        if getattr(model, "num_classes", None):  # the mixture over classes, stratified
+            labels = np.arange(args.n) % model.num_classes
+        samples = np.clip(np.asarray(model.sample(args.n, context=labels, temperature=args.temperature,
+                                                  seed=args.seed)), 0, 1)
         row = {}
         for name, clf in classifiers.items():
             share, counts = sq.recognisable(clf, samples)
             row[name] = {"recognisable": share, "counts": counts}
+            if labels is not None:
+                probs = np.asarray(clf.predict(samples, verbose=0))
+                sure = probs.max(axis=1) >= 0.9
+                row[name]["recognised_as_asked"] = float(np.mean(probs.argmax(axis=1)[sure] == labels[sure]))
         results["targets"][target] = row
         print(target, json.dumps(row), flush=True)
     if args.out:

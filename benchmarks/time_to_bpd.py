@@ -23,7 +23,6 @@ evaluation in the curve, "within half the time" is decided by evaluations,
 not by interpolating across the mark).
 """
 import argparse
-import datetime
 import json
 import os
 import sys

@@ -475,3 +475,34 @@ def test_pretrained_weights_with_a_dequantizer_load_with_it_or_the_uniform_noise
         tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8, pretrained=True, dequantize="uniform")
     with pytest.raises(builders.WeightsError, match="different architecture"):
         tfflows.zoo.glow(preset="mnist-tiny", steps=2, hidden=8, pretrained=True)
+
+
+def test_pretrained_class_conditional_glow_follows_the_shipped_class_couplings(tmp_path, monkeypatch):
+    """`glow(num_classes=K, pretrained=True)` builds the class-conditional
+    Glow the shipped weights were trained as: with class couplings where the
+    shipped entry is `classes10-couplings`; asking for the other kind is
+    refused, naming what ships."""
+    kw = dict(preset="mnist-tiny", steps=1, hidden=8, num_classes=10)
+    model = tfflows.zoo.glow(class_couplings=True, **kw)
+    x = np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype("float32")
+    y = np.arange(8) % 10
+    model.initialize(x, context=y)
+    path = tmp_path / "glow-mnist-tiny-classes10-couplings.weights.h5"
+    model.save_weights(str(path))
+
+    def class_entry(table):
+        table["glow"]["mnist-tiny"]["classes"] = {"classes10-couplings": dict(
+            architecture={"num_classes": 10, "class_couplings": True},
+            weights={"file": path.name, "sha256": builders.sha256_file(str(path)),
+                     "size_bytes": path.stat().st_size})}
+
+    _ship_fake(tfflows.zoo.glow(preset="mnist-tiny", steps=1, hidden=8), tmp_path, monkeypatch, edit=class_entry)
+    loaded = tfflows.zoo.glow(pretrained=True, **kw)
+    np.testing.assert_allclose(to_np(loaded.log_prob(x, context=y)), to_np(model.log_prob(x, context=y)), rtol=1e-6)
+    plain = tfflows.zoo.glow(**kw)  # without pretrained: the prior alone reads the class
+    plain.log_prob(x, context=y)
+    assert plain.count_params() < loaded.count_params() == model.count_params()
+    with pytest.raises(builders.WeightsError, match=r"class_couplings=False; shipped: \['glow-mnist-tiny-classes10-couplings'\]"):
+        tfflows.zoo.glow(pretrained=True, class_couplings=False, **kw)
+    with pytest.raises(builders.WeightsError, match=r"No shipped glow 'mnist-tiny' weights have a variational"):
+        tfflows.zoo.glow(pretrained=True, dequantize="variational", **kw)

@@ -10,7 +10,6 @@ the layer's `inverse` and vice versa, and
 TensorFlow backend only (TFP's TF substrate).
 """
 
-import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 

@@ -295,8 +295,6 @@ def train(options, log=print):
         TrainingDivergedError: the loss became NaN; the last good checkpoint
             stays in `out/checkpoints` (or the resumed run's).
     """
-    import keras
-
     from tfflows import distribute
 
     out = options.out

@@ -10,10 +10,8 @@ something else costs nothing.
 """
 
 import contextlib
-import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time

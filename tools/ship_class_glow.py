@@ -19,10 +19,27 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _recognisable(path):
+    """The card's recognisable-samples figures from `benchmarks.recognisable`'s JSON (`{}` without one)."""
+    if not path:
+        return {}
+    with open(path) as f:
+        res = json.load(f)
+    name, clf = next(iter(res["classifiers"].items()))
+    row = res["targets"]["glow-classes"][name]
+    return dict(recognisable=row["recognisable"], recognisable_counts=row["counts"],
+                recognised_as_asked=row["recognised_as_asked"], recognisable_samples=res["n"],
+                recognisable_classifier_accuracy=clf["test_accuracy"])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="the run folder (with report.json)")
     p.add_argument("--hardware", default="")
+    p.add_argument("--recognisable", help="results JSON of `python -m benchmarks.recognisable glow-classes --out "
+                                          "FILE` measured on these weights once shipped, for the card")
+    p.add_argument("--replace", help="a class-conditional key to drop with its weights file and card "
+                                     "(e.g. classes10 when classes10-couplings replaces it)")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tfflows
@@ -55,6 +72,9 @@ def main(argv=None):
             bayes_accuracy=round(report["bayes_accuracy"], 4),
             bayes_accuracy_se=round(report["bayes_accuracy_se"], 4),
             bayes_images=report["bayes_images"], embedded_test500_centres_bpd=float(centres),
+            **({"mixture_bpd": round(report["mixture_bpd"], 4), "mixture_bpd_stderr": round(report["mixture_bpd_se"], 4)}
+               if "mixture_bpd" in report else {}),
+            **_recognisable(args.recognisable),
             train_steps=report["train_steps"], train_minutes=round(report["train_minutes"], 1),
             cpu_hours=round(report["train_minutes"] * report["train_args"]["threads"] / 60, 2),
             date=datetime.date.today().isoformat(),
@@ -64,6 +84,10 @@ def main(argv=None):
     with open(PRESETS_FILE) as f:
         table = json.load(f)
     table["glow"]["mnist"].setdefault("classes", {})[key] = entry
+    if args.replace and args.replace != key:
+        gone = table["glow"]["mnist"]["classes"].pop(args.replace)
+        os.remove(os.path.join(WEIGHTS_DIR, gone["weights"]["file"]))
+        shutil.rmtree(os.path.join(ROOT, os.path.dirname(gone["card"])))
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -79,6 +103,20 @@ def main(argv=None):
     m, a = entry["metrics"], report["train_args"]
     curve = "\n".join(f"| {c['step']:,} | {c['minutes']:.1f} | {c['test_bpd']:.4f} ± {c['test_bpd_se']:.4f} | "
                       f"{100 * c['bayes_acc']:.1f} ± {100 * c['bayes_acc_se']:.1f} |" for c in report["curve"])
+    mixture = recognised = ""
+    if "mixture_bpd" in m:
+        mixture = (f"| **test bits/dim as an unconditional model** (the mixture `sum_y p(y) p(x \\| y)`, uniform "
+                   f"`p(y)`) | **{m['mixture_bpd']:.4f} ± {m['mixture_bpd_stderr']:.4f}** on the first "
+                   f"{m['bayes_images']:,} test images (one noise draw) |\n")
+    if "recognisable" in m:
+        recognised = (f"| **recognisable samples** (`python -m benchmarks.recognisable glow-classes`; class drawn "
+                      f"uniformly, T = 0.7) | **{100 * m['recognisable']:.1f} %** of {m['recognisable_samples']:,} "
+                      f"have top-class probability >= 0.9 under a 2-epoch CNN ({100 * m['recognisable_classifier_accuracy']:.2f} % "
+                      f"test accuracy); per class 0-9: {', '.join(map(str, m['recognisable_counts']))}; "
+                      f"{100 * m['recognised_as_asked']:.1f} % of those are the class asked for |\n")
+    reproduce = (f"--minutes {a['minutes']:g} --lr {a['lr']:g} --prior-images {a['prior_images']} --eval-images "
+                 f"{a['eval_images']} --eval-minutes {a['eval_minutes']:g} --threads {a['threads']} --dtype {a['dtype']}"
+                 + (" --class-couplings" if couplings else ""))
     with open(os.path.join(ROOT, card), "w") as f:
         f.write(f"""# Class-conditional glow on MNIST (`glow-mnist-{key}`)
 
@@ -93,7 +131,7 @@ loads these weights (`tfflows/zoo/weights/{name}`, sha256 `{entry['weights']['sh
 | training | {m['train_steps']:,} steps of batch {a['batch_size']} on (image, label) pairs of the 60k training images, Adam lr {a['lr']:g} after a {a['warmup_steps']}-step linear warm-up, global-norm clip 100, {a['dtype']}, {a['threads']} thread(s): {m['train_minutes']:.1f} minutes, **{m['cpu_hours']} CPU-hours** {args.hardware} |
 | **test bits/dim given the label** | **{m['test_bpd']:.4f} ± {m['test_bpd_stderr']:.4f}** (10k test images, one noise draw); the unconditional Glow on the same draw: {m['unconditional_test_bpd_same_draw']:.4f} |
 | **Bayes classifier** (`argmax_y log p(x \\| y)`, equal priors) | **{100 * m['bayes_accuracy']:.1f} ± {100 * m['bayes_accuracy_se']:.1f} %** on the first {m['bayes_images']:,} test images (chance: 10 %) |
-| bin-centre bits/dim, 500 embedded test images, given the label | {m['embedded_test500_centres_bpd']:.6f} (held to 1e-6 by `tests/test_pretrained.py`) |
+{mixture}{recognised}| bin-centre bits/dim, 500 embedded test images, given the label | {m['embedded_test500_centres_bpd']:.6f} (held to 1e-6 by `tests/test_pretrained.py`) |
 | date | {m['date']} |
 
 Samples at T = 0.7, one row per class (0 at the top):
@@ -110,9 +148,11 @@ Samples at T = 0.7, one row per class (0 at the top):
 
 ```sh
 python -m benchmarks.class_glow_mnist train --data ../shared/data/mnist.npz --out runs/glow-classes \\
-    --minutes {a['minutes']:g} --prior-images {a['prior_images']} --eval-images {a['eval_images']} --eval-minutes {a['eval_minutes']:g} --threads {a['threads']}
+    {reproduce}
 python -m benchmarks.class_glow_mnist report --data ../shared/data/mnist.npz --out runs/glow-classes --threads 1
 python tools/ship_class_glow.py --run runs/glow-classes
+python -m benchmarks.recognisable glow-classes --data ../shared/data/mnist.npz --n 1000 --out recognisable.json
+python tools/ship_class_glow.py --run runs/glow-classes --recognisable recognisable.json
 ```
 """)
     print(json.dumps(entry, indent=1))

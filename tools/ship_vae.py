@@ -123,8 +123,8 @@ def write_card(args, run, res, row, embedded):
         "one):", "",
         "```", "python -m benchmarks.vae_mnist " + " ".join(
             "RUN" if i and run["argv"][i - 1] == "--out-dir" else a for i, a in enumerate(run["argv"])),
-        f"python tools/ship_vae.py --keras RUN/vae_householder.keras --results RUN/vae_mnist.json --data "
-        f"../shared/data/mnist.npz", "```", "",
+        "python tools/ship_vae.py --keras RUN/vae_householder.keras --results RUN/vae_mnist.json --data "
+        "../shared/data/mnist.npz", "```", "",
         "## Why this one", "",
         "Of the flow posteriors trained with the same recipe and budget (docs/vi.md), the Householder flow had "
         "the lowest -ELBO and NLL; the plain Gaussian VAE is as good within the standard errors at this budget:",

@@ -1,6 +1,5 @@
 """Shape-changing flow layers: Squeeze, Unsqueeze, Reshape, and Split."""
 
-import keras
 from keras import layers as kl
 from keras import ops
 

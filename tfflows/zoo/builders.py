@@ -187,13 +187,13 @@ def copy_flow_weights(src, dst):
     return dst
 
 
-def _shipped_key(model_name, preset, pretrained, dequantize):
-    """`(key of the shipped weights to load, dequantize)` for an
-    unconditional image model: with `pretrained=True`, `dequantize=None`
-    follows the shipped weights, and `"uniform"` beside weights with a
-    learned dequantizer takes the uniform-noise weights shipped with them
-    (`<model>-<preset>-uniform`)."""
-    key = f"{model_name}-{preset}"
+def _shipped_key(model_name, preset, pretrained, dequantize, key=None):
+    """`(key of the shipped weights to load, dequantize)` for an image model
+    (`key`, default `<model>-<preset>`): with `pretrained=True`,
+    `dequantize=None` follows the shipped weights, and `"uniform"` beside
+    weights with a learned dequantizer takes the uniform-noise weights
+    shipped with them (`<key>-uniform`)."""
+    key = key or f"{model_name}-{preset}"
     if not pretrained:
         return key, dequantize
     shipped = shipped_dequantize(key)
@@ -224,7 +224,7 @@ def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None,
 
 def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, lu=None,
          learned_prior=True, data_shape=None, n_bits=None, preprocess=None, alpha=None,
-         num_classes=None, class_couplings=False, coupling=None, bins=None, bound=None, dequantize=None):
+         num_classes=None, class_couplings=None, coupling=None, bins=None, bound=None, dequantize=None):
     """Glow, as `FlowModel`. `levels` L, `steps` K per level, `hidden` the
     coupling width (an int, or a list with one width per level), `lu` the
     1x1-conv parametrisation, `preprocess` `"center"` or `"logit"` (with
@@ -239,7 +239,9 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
     coupling net. `model.log_prob(x, context=labels)`,
     `model.sample(n, context=labels)`. `pretrained=True` with
     `num_classes=10` loads the shipped class-conditional MNIST weights,
-    trained from the unconditional ones (`tfflows.zoo.grow.condition_glow`).
+    trained from the unconditional ones (`tfflows.zoo.grow.condition_glow`);
+    `class_couplings=None` (the default) then follows them (`False` without
+    `pretrained`).
 
     `coupling="spline"` (with `bins`, default 8, and `bound`, default 3)
     uses rational-quadratic spline couplings instead of affine ones (NSF's
@@ -268,9 +270,6 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
                   bound=config.get("bound", 3.0))
     if num_classes is None:
         key, dequantize = _shipped_key("glow", preset, pretrained, dequantize)
-    elif pretrained and dequantize == "variational":
-        raise WeightsError(f"No shipped glow {preset!r} weights have a variational dequantizer; use "
-                           f"pretrained=False, or dequantize='uniform' for the shipped model.")
     if "alpha" in config and config["preprocess"] != "logit":
         raise ValueError(f"glow alpha={config['alpha']} needs preprocess='logit'; "
                          f"this model uses preprocess={config['preprocess']!r}.")
@@ -284,6 +283,16 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ValueError(f"glow num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
     context_shape = (int(num_classes),)
+    key = f"glow-{preset}-classes{num_classes}"
+    if class_couplings is None:  # follow the shipped weights
+        class_couplings = bool(pretrained) and f"{key}-couplings" in read_manifest()
+    key += "-couplings" if class_couplings else ""
+    if pretrained and key not in read_manifest():
+        shipped = sorted(k for k in read_manifest() if k.startswith(f"glow-{preset}-classes"))
+        raise WeightsError(f"No class-conditional glow {preset!r} weights ship with num_classes={num_classes}, "
+                           f"class_couplings={class_couplings}; shipped: {shipped or 'none'} (a '-couplings' "
+                           f"key has class_couplings=True). Use pretrained=False, or the shipped settings.")
+    key, dequantize = _shipped_key("glow", preset, pretrained, dequantize, key=key)
     flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                      lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
                      alpha=config.get("alpha", 0.05), context_shape=context_shape,
@@ -293,7 +302,6 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
                       dequantizer=_dequantizer(config, dequantize),
                       name=f"glow_{preset}_classes{num_classes}".replace("-", "_"))
     if pretrained:
-        key = f"glow-{preset}-classes{num_classes}" + ("-couplings" if class_couplings else "")
         load_pretrained(model, key, dict(config, num_classes=num_classes, class_couplings=bool(class_couplings)))
     return model
 

@@ -461,7 +461,7 @@ def _add_dequantizer_main(args, old, k, h, images, x):
     diff = np.abs(a - b).max()
     bound = _np(new.bits_per_dim(images)).mean()
     print(f"log p on {len(x)} test images: largest difference {diff:.2e} nats between the two flows; "
-          f"bits/dim with uniform noise (half-bin) {_np(old.bits_per_dim(x)).mean():.5f}, "
+          f"bits/dim with uniform noise (half-bin) {_np(old.loss_from_log_prob(a)).mean():.5f}, "
           f"the variational bound with the fresh dequantizer (one draw) {bound:.5f}")
     if not diff < 1e-2:
         raise SystemExit(f"tfflows.zoo.grow: the copied flow's log p differs by up to {diff:.2e} nats from "

@@ -1,9 +1,9 @@
-"""Class-conditional Glow on MNIST (issue #46): train from the shipped
-unconditional Glow, then measure it.
+"""Class-conditional Glow (issue #46) or RealNVP (`--model realnvp`, issue
+#47) on MNIST: train from the shipped unconditional model, then measure it.
 
-`train`: builds `tfflows.zoo.glow(preset="mnist", num_classes=10)`, copies
-the shipped unconditional weights into it (`tfflows.zoo.grow.condition_glow`:
-same density for every class at the start), sets the class prior to the
+`train`: builds `tfflows.zoo.glow(preset="mnist", num_classes=10)` (or
+`realnvp`), copies the shipped unconditional uniform-noise weights into
+it (`tfflows.zoo.grow.condition_glow`: same density for every class at the start), sets the class prior to the
 per-class latent means and log-stds of `--prior-images` training images
 (`tfflows.apps.fit_class_prior`), then trains every weight on
 (image, label) pairs of the 60k training set for `--minutes`, writing a
@@ -13,7 +13,7 @@ Bayes-classifier accuracy on the first `--eval-images` test images) every
 `--eval-minutes`. Run it again with the same `--out` to resume.
 
 `report`: test bits/dim given the true label (10k test images, one noise
-draw, with its standard error) beside the unconditional Glow's on the same
+draw, with its standard error) beside the unconditional model's on the same
 draw, the Bayes classifier's test accuracy (`argmax_y log p(x | y)`, equal
 class priors) on the first `--images` test images, and a
 per-class sample grid at T = 0.7 (`samples.png`), written to
@@ -91,6 +91,24 @@ def _evaluate(model, x_u8, y, seed=1234, marginal=False):
     return out
 
 
+def _unconditional(name):
+    """The shipped unconditional model's uniform-noise weights (the density on [0, 1)^D)."""
+    import tfflows
+
+    return getattr(tfflows.zoo, name)(preset="mnist", pretrained=True, dequantize="uniform")
+
+
+def _conditional(name, class_couplings):
+    import tfflows
+
+    if name == "glow":
+        return tfflows.zoo.glow(preset="mnist", num_classes=10, class_couplings=class_couplings)
+    if class_couplings:
+        raise SystemExit("--class-couplings is for --model glow; a class-conditional RealNVP's couplings always "
+                         "read the class.")
+    return tfflows.zoo.realnvp(preset="mnist", num_classes=10)
+
+
 def train(args):
     keras = _setup(args.threads, args.dtype)
     import numpy as np
@@ -112,8 +130,8 @@ def train(args):
         print(f"resumed at step {state['step']}, {state['minutes']:.1f} minutes trained", flush=True)
     else:
         keras.utils.set_random_seed(args.seed)
-        old = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the uniform-noise weights
-        model = tfflows.zoo.glow(preset="mnist", num_classes=10, class_couplings=args.class_couplings)
+        old = _unconditional(args.model)
+        model = _conditional(args.model, args.class_couplings)
         condition_glow(old, model)
         t = time.time()
         idx = rng.choice(len(x_train), args.prior_images, replace=False)
@@ -187,7 +205,6 @@ def report(args):
     keras = _setup(args.threads, "float32")
     import numpy as np
 
-    import tfflows
     from tfflows import images as tfi
     from tfflows.apps.classes import class_samples
     from tfflows.training import save_inference_weights
@@ -199,18 +216,19 @@ def report(args):
         state = json.load(f)
     # What ships: the weights with float16 coupling kernels, loaded into a fresh model.
     couplings = bool(state["args"].get("class_couplings"))
-    weights = os.path.join(args.out, "glow-mnist-classes10" + ("-couplings" if couplings else "") + ".weights.h5")
-    save_inference_weights(trained, weights, net_kernels_float16=True)
-    model = tfflows.zoo.glow(preset="mnist", num_classes=10, class_couplings=couplings)
+    name = state["args"].get("model", "glow")
+    weights = os.path.join(args.out, f"{name}-mnist-classes10" + ("-couplings" if couplings else "") + ".weights.h5")
+    save_inference_weights(trained, weights, net_kernels_float16=name == "glow")
+    model = _conditional(name, couplings)
     model.load_weights(weights)
     n = args.images
     t = time.time()
     _, _, acc, acc_se, mix, mix_se = _evaluate(model, x_test[:n], y_test[:n], seed=args.seed, marginal=True)
     eval_s = time.time() - t
     # Bits/dim given the true label on the whole test set (one noise draw),
-    # and the unconditional Glow's on the same draw.
+    # and the unconditional model's on the same draw.
     x = _dequantize(x_test, np.random.default_rng(args.seed))
-    old = tfflows.zoo.glow(preset="mnist", pretrained=True, dequantize="uniform")  # the uniform-noise weights
+    old = _unconditional(name)
     cond_fn, old_fn = model.make_bits_per_dim_function(), old.make_bits_per_dim_function()
     bpd = np.concatenate([np.asarray(cond_fn(x[i:i + 250], y_test[i:i + 250])) for i in range(0, len(x), 250)])
     old_bpd = np.concatenate([np.asarray(old_fn(x[i:i + 250])) for i in range(0, len(x), 250)])
@@ -250,6 +268,7 @@ def main(argv=None):
     t.add_argument("--checkpoint-minutes", type=float, default=5)
     t.add_argument("--dtype", choices=("bfloat16", "float32"), default="float32")
     t.add_argument("--class-couplings", action="store_true")
+    t.add_argument("--model", choices=("glow", "realnvp"), default="glow")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report")

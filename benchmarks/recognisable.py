@@ -11,12 +11,12 @@ unit tests use a quicker classifier trained on the 8,000 embedded images
 reports both).
 
 Targets: a run folder (`tfflows train --out DIR`), or `glow`, `realnvp`,
-`nice` for the shipped pretrained models, or `glow-classes` for the shipped
-class-conditional Glow sampled as an unconditional model: the class `y`
-drawn from uniform `p(y)` (stratified, `n / 10` samples per class), then
-`x ~ p(x | y)`, which samples the mixture `p(x) = sum_y p(y) p(x | y)`; for it
-the script also gives the share of recognised samples whose class is the
-one asked for.
+`nice` for the shipped pretrained models, or `glow-classes` /
+`realnvp-classes` for the shipped class-conditional model sampled as an
+unconditional one: the class `y` drawn from uniform `p(y)` (stratified,
+`n / 10` samples per class), then `x ~ p(x | y)`, which samples the mixture
+`p(x) = sum_y p(y) p(x | y)`; for these the script also gives the share of
+recognised samples whose class is the one asked for.
 
     .venv/bin/python -m benchmarks.recognisable --data ../shared/data/mnist.npz tfflows_out glow
 """
@@ -34,8 +34,8 @@ def load_target(target):
 
     if target in ("glow", "realnvp", "nice"):
         return getattr(tfflows.zoo, target)(preset="mnist", pretrained=True)
-    if target == "glow-classes":
-        return tfflows.zoo.glow(preset="mnist", pretrained=True, num_classes=10)
+    if target in ("glow-classes", "realnvp-classes"):
+        return getattr(tfflows.zoo, target.split("-")[0])(preset="mnist", pretrained=True, num_classes=10)
     if target in ("glow-uniform", "realnvp-uniform"):  # the uniform-noise weights shipped beside them
         return getattr(tfflows.zoo, target.split("-")[0])(preset="mnist", pretrained=True, dequantize="uniform")
     model, _ = cli.load_model_from_args(cli.build_parser().parse_args(["sample", "--run", target]))
@@ -45,8 +45,8 @@ def load_target(target):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("targets", nargs="+", help="run folders, or glow / realnvp / nice (shipped), or glow-uniform / "
-                                              "realnvp-uniform (the uniform-noise weights shipped beside them), or glow-classes "
-                                              "(the class-conditional Glow, classes drawn uniformly)")
+                                              "realnvp-uniform (the uniform-noise weights shipped beside them), or glow-classes / "
+                                              "realnvp-classes (class-conditional, classes drawn uniformly)")
     p.add_argument("--data", required=True, help="mnist.npz with x_train, y_train, x_test, y_test")
     p.add_argument("--n", type=int, default=1000, help="samples per target")
     p.add_argument("--temperature", type=float, default=0.7)

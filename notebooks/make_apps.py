@@ -42,8 +42,8 @@ def show(rows, titles=None, scale=1.0):
     ("md", """## Class-conditional Glow
 
 `glow(preset="mnist", num_classes=10, pretrained=True)` is the shipped Glow made class-conditional
-(the class sets the top and split priors, as openai/glow's y-conditioning) and trained on labels from
-the unconditional weights (`benchmarks/class_glow_mnist.py`). One row per class at T = 0.7, and the
+(the class sets the top and split priors, as openai/glow's y-conditioning, and feeds every coupling
+net) and trained on labels from the unconditional weights (`benchmarks/class_glow_mnist.py`). One row per class at T = 0.7, and the
 check that the class matters: the model as a Bayes classifier, `argmax_y log p(x | y)`."""),
     ("code", """cond = tfflows.zoo.glow(preset="mnist", num_classes=10, pretrained=True)
 samples, labels = apps.class_samples(cond, per_class=10, temperature=0.7, seed=0)

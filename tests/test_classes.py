@@ -1,5 +1,5 @@
-"""Class-conditional Glow (issue #46): integer labels as the context, the
-copy of an unconditional Glow that keeps its density, the class prior
+"""Class-conditional Glow (issue #46) and RealNVP: integer labels as the
+context, the copy of an unconditional model that keeps its density, the class prior
 fitted from latents, the Bayes classifier and per-class samples."""
 
 import keras
@@ -132,3 +132,43 @@ def test_class_samples_come_in_class_order_and_follow_the_class():
     np.testing.assert_array_equal(samples, again)
     with pytest.raises(ValueError, match="per_class"):
         apps.class_samples(new, per_class=0)
+
+
+def test_class_conditional_realnvp_starts_as_the_unconditional_one_and_learns_the_class(tmp_path):
+    """`realnvp(num_classes=K)`: every coupling net and the prior read the
+    class. Copied from a trained RealNVP (`condition_glow`), it keeps its
+    density for every class; once the couplings' class weights move, the
+    class changes the density and the samples; it saves and reloads
+    identically, and a vector RealNVP or unshipped weights are refused."""
+    labels = np.arange(16) % 2
+    x = _images(16, 0, bright=labels)
+    old = tfflows.zoo.realnvp(preset="mnist-tiny", data_shape=(8, 8, 1))
+    old.initialize(x)
+    rng = np.random.default_rng(0)
+    for v in old.trainable_variables:
+        v.assign(np.asarray(v.numpy()) + rng.normal(0.0, 0.02, size=v.shape).astype("float32"))
+    new = condition_glow(old, tfflows.zoo.realnvp(preset="mnist-tiny", data_shape=(8, 8, 1), num_classes=2))
+    expected = np.asarray(old.log_prob(x))
+    for y in (labels, 1 - labels):
+        np.testing.assert_allclose(np.asarray(new.log_prob(x, context=y)), expected, rtol=1e-5, atol=1e-4)
+    # The couplings alone (the prior left at N(0, I)) carry the class once their class rows move.
+    couplings = [layer for layer in new.flow.flow_layers if "coupling" in layer.name]
+    assert couplings and all(layer.context_shape == (2,) for layer in couplings)
+    for layer in couplings:
+        for v in layer.trainable_variables:
+            if len(v.shape) == 4:  # conv kernels: the class's input channels are zero so far
+                v.assign(np.asarray(v.numpy()) + rng.normal(0.0, 0.05, size=v.shape).astype("float32"))
+    a = np.asarray(new.log_prob(x, context=labels))
+    b = np.asarray(new.log_prob(x, context=1 - labels))
+    assert np.abs(a - b).max() > 1e-2
+    s0 = np.asarray(new.sample(4, context=np.zeros(4, "int32"), temperature=0.7, seed=1))
+    s1 = np.asarray(new.sample(4, context=np.ones(4, "int32"), temperature=0.7, seed=1))
+    assert np.all(np.isfinite(s0)) and np.abs(s0 - s1).max() > 1e-3
+    path = str(tmp_path / "realnvp_classes.keras")
+    new.save(path)
+    back = keras.saving.load_model(path)
+    np.testing.assert_array_equal(np.asarray(back.log_prob(x, context=labels)), a)
+    with pytest.raises(ValueError, match="num_classes is for images"):
+        tfflows.zoo.realnvp(data_shape=(4,), num_classes=2)
+    with pytest.raises(tfflows.zoo.WeightsError, match="No class-conditional realnvp 'mnist' weights ship"):
+        tfflows.zoo.realnvp(preset="mnist", num_classes=10, pretrained=True)

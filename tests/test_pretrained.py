@@ -9,7 +9,7 @@ from tfflows.zoo import builders
 from tfflows.zoo import data as zdata
 
 MANIFEST = builders.read_manifest()
-# Class-conditional weights (glow(..., num_classes=K, pretrained=True)) have their own test below.
+# Class-conditional weights (glow / realnvp(..., num_classes=K, pretrained=True)) have their own tests below.
 CLASSES = sorted(k for k, e in MANIFEST.items() if "num_classes" in e["architecture"])
 # VAEs (tfflows.zoo.vae(preset=..., pretrained=True)) are not bits/dim models; their own test is below.
 VAES = sorted(k for k, e in MANIFEST.items() if e["model"] == "vae")
@@ -59,17 +59,25 @@ def test_shipped_model_gives_its_recorded_bin_centre_bits_per_dim_to_1e6(key):
     assert abs(float(bpd.astype("float64").mean()) - entry["embedded_test500_centres_bpd"]) < 1e-6
 
 
+def _class_model(entry):
+    """The shipped class-conditional model, built as its users do: `num_classes`
+    and `pretrained=True` (Glow's `class_couplings` follows the weights)."""
+    model = getattr(tfflows.zoo, entry["model"])(preset=entry["preset"],
+                                                 num_classes=entry["architecture"]["num_classes"], pretrained=True)
+    assert bool(entry["architecture"].get("class_couplings", entry["model"] == "realnvp")) == all(
+        layer.context_shape is not None for layer in model.flow.flow_layers if "coupling" in layer.name)
+    return model
+
+
 @pytest.mark.large
 @pytest.mark.parametrize("key", CLASSES)
-def test_shipped_class_conditional_glow_loads_and_knows_the_classes(key):
+def test_shipped_class_conditional_model_loads_and_knows_the_classes(key):
     """The default suite's quick check: sha256, and 20 embedded test digits
     classified well above chance (the slow test below holds the card)."""
     from tfflows import apps
 
     entry = MANIFEST[key]
-    arch = entry["architecture"]
-    model = tfflows.zoo.glow(preset=entry["preset"], num_classes=arch["num_classes"],
-                             class_couplings=arch.get("class_couplings", False), pretrained=True)
+    model = _class_model(entry)
     with np.load(zdata.EMBEDDED) as f:
         x = (f["x_test"][:20, ..., None].astype("float32") + 0.5) / 256.0
         labels = f["y_test"][:20]
@@ -79,17 +87,15 @@ def test_shipped_class_conditional_glow_loads_and_knows_the_classes(key):
 @pytest.mark.large
 @pytest.mark.slow
 @pytest.mark.parametrize("key", CLASSES)
-def test_shipped_class_conditional_glow_gives_its_card_and_tells_the_classes_apart(key):
+def test_shipped_class_conditional_model_gives_its_card_and_tells_the_classes_apart(key):
     """sha256, the bits/dim given the true label at bin centres on the 500
     embedded test images (to 1e-6, as recorded when it shipped), and the
     Bayes classifier well above chance on 50 of them."""
     from tfflows import apps
 
     entry = MANIFEST[key]
-    arch = entry["architecture"]
     assert builders.sha256_file(builders.verified_weights_path(key)) == entry["sha256"]
-    model = tfflows.zoo.glow(preset=entry["preset"], num_classes=arch["num_classes"],
-                             class_couplings=arch.get("class_couplings", False), pretrained=True)
+    model = _class_model(entry)
     with np.load(zdata.EMBEDDED) as f:
         images, labels = f["x_test"][:500, ..., None], f["y_test"][:500].astype("int32")
     x = (images.astype("float32") + 0.5) / 256.0

@@ -373,7 +373,7 @@ def cmd_list(args):
     rows = list_models()
     width = max(len(r["call"]) for r in rows)
     flags = max(len(r["flags"]) for r in rows)
-    print(f"{'Python':{width}s}  {'tfflows CLI':{flags}s}  weights and measured test bits/dim")
+    print(f"{'Python':{width}s}  {'tfflows CLI':{flags}s}  shipped weights and their measured test figures")
     for row in rows:
         m = row["metrics"]
         if row["pretrained"] and row["test_bpd"] is not None:

@@ -113,11 +113,12 @@ def glow_flow(data_shape, levels, steps, hidden, lu=True, learned_prior=True, pr
     return L.FlowSequence(flow, name="glow")
 
 
-def realnvp_flow(data_shape, levels, steps, hidden, alpha=0.05):
+def realnvp_flow(data_shape, levels, steps, hidden, alpha=0.05, context_shape=None):
     """RealNVP (Dinh et al. 2017): logit preprocessing, then per scale
     `steps` checkerboard couplings, squeeze, `steps` channel couplings and a
     split; the last scale has `steps + 1` checkerboard couplings. ActNorm
-    (not batch norm) precedes each coupling; scales are `g * tanh(h)`."""
+    (not batch norm) precedes each coupling; scales are `g * tanh(h)`. With
+    a `context_shape` (a one-hot class) every coupling net reads the context."""
     _check_divisible("realnvp", data_shape, levels - 1)
     flow = [L.LogitTransform(alpha=alpha, name="logit")]
 
@@ -127,7 +128,7 @@ def realnvp_flow(data_shape, levels, steps, hidden, alpha=0.05):
             out += [
                 L.ActNorm(name=f"{prefix}_actnorm{k}"),
                 L.AffineCoupling(mask=mask, reverse=bool(k % 2), scale="exp", hidden=hidden,
-                                 name=f"{prefix}_coupling{k}"),
+                                 context_shape=context_shape, name=f"{prefix}_coupling{k}"),
             ]
         return out
 
@@ -268,50 +269,72 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
         raise ValueError("glow bins and bound set the spline couplings: pass coupling='spline' too.")
     spline = dict(coupling=config.get("coupling", "affine"), bins=config.get("bins", 8),
                   bound=config.get("bound", 3.0))
-    if num_classes is None:
-        key, dequantize = _shipped_key("glow", preset, pretrained, dequantize)
     if "alpha" in config and config["preprocess"] != "logit":
         raise ValueError(f"glow alpha={config['alpha']} needs preprocess='logit'; "
                          f"this model uses preprocess={config['preprocess']!r}.")
     if num_classes is None:
         if class_couplings:
             raise ValueError("glow class_couplings=True needs num_classes (the classes to condition on).")
+        key, dequantize = _shipped_key("glow", preset, pretrained, dequantize)
         flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                          lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
                          alpha=config.get("alpha", 0.05), **spline)
         return _finish("glow", preset, config, flow, "normal", pretrained, dequantize, key=key)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-        raise ValueError(f"glow num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
-    context_shape = (int(num_classes),)
-    key = f"glow-{preset}-classes{num_classes}"
+    context_shape = _class_context("glow", num_classes)
     if class_couplings is None:  # follow the shipped weights
-        class_couplings = bool(pretrained) and f"{key}-couplings" in read_manifest()
-    key += "-couplings" if class_couplings else ""
-    if pretrained and key not in read_manifest():
-        shipped = sorted(k for k in read_manifest() if k.startswith(f"glow-{preset}-classes"))
-        raise WeightsError(f"No class-conditional glow {preset!r} weights ship with num_classes={num_classes}, "
-                           f"class_couplings={class_couplings}; shipped: {shipped or 'none'} (a '-couplings' "
-                           f"key has class_couplings=True). Use pretrained=False, or the shipped settings.")
-    key, dequantize = _shipped_key("glow", preset, pretrained, dequantize, key=key)
+        class_couplings = bool(pretrained) and f"glow-{preset}-classes{num_classes}-couplings" in read_manifest()
+    key, dequantize = _class_key("glow", preset, num_classes, "-couplings" if class_couplings else "", pretrained,
+                                 dequantize, f"class_couplings={class_couplings}")
     flow = glow_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                      lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
                      alpha=config.get("alpha", 0.05), context_shape=context_shape,
                      class_couplings=class_couplings, **spline)
-    model = FlowModel(flow, base=distributions.ConditionalNormal(context_shape, name="prior"),
+    return _finish_classes("glow", preset, dict(config, class_couplings=bool(class_couplings)), flow, num_classes,
+                           pretrained, dequantize, key)
+
+
+def _class_context(model_name, num_classes):
+    """The context shape `(K,)` of a class-conditional image model, after checking `num_classes`."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"{model_name} num_classes must be an int >= 2. Received: num_classes={num_classes!r}")
+    return (int(num_classes),)
+
+
+def _class_key(model_name, preset, num_classes, suffix, pretrained, dequantize, asked):
+    """`(key, dequantize)` of the shipped class-conditional weights
+    `<model>-<preset>-classes<K><suffix>`; with `pretrained`, refuses (naming
+    what ships) when none ship for these settings."""
+    key = f"{model_name}-{preset}-classes{num_classes}{suffix}"
+    if pretrained and key not in read_manifest():
+        shipped = sorted(k for k in read_manifest() if k.startswith(f"{model_name}-{preset}-classes"))
+        raise WeightsError(f"No class-conditional {model_name} {preset!r} weights ship with num_classes={num_classes}"
+                           f", {asked}; shipped: {shipped or 'none'}. Use pretrained=False, or the shipped settings.")
+    return _shipped_key(model_name, preset, pretrained, dequantize, key=key)
+
+
+def _finish_classes(model_name, preset, config, flow, num_classes, pretrained, dequantize, key):
+    """The class-conditional `FlowModel` around `flow`: a `ConditionalNormal`
+    prior on the one-hot class, the shipped weights `key` loaded if `pretrained`."""
+    model = FlowModel(flow, base=distributions.ConditionalNormal((int(num_classes),), name="prior"),
                       data_shape=config["data_shape"], n_bits=config.get("n_bits", 8), num_classes=num_classes,
                       dequantizer=_dequantizer(config, dequantize),
-                      name=f"glow_{preset}_classes{num_classes}".replace("-", "_"))
+                      name=f"{model_name}_{preset}_classes{num_classes}".replace("-", "_"))
     if pretrained:
-        load_pretrained(model, key, dict(config, num_classes=num_classes, class_couplings=bool(class_couplings)))
+        load_pretrained(model, key, dict(config, num_classes=num_classes))
     return model
 
 
 def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, alpha=None,
-            data_shape=None, n_bits=None, context_dim=None, dequantize=None):
+            data_shape=None, n_bits=None, context_dim=None, dequantize=None, num_classes=None):
     """RealNVP, as `FlowModel`. `levels` scales, `steps` couplings per block,
     `hidden` the coupling width, `alpha` the logit squashing.
     `dequantize="variational"` adds a learned dequantizer, and with
     `pretrained=True` `dequantize` follows the shipped weights, as in `glow`.
+    `num_classes` makes it class-conditional: the class (integer labels
+    `(batch,)`, the model's context) sets the mean and scale of the prior
+    (`distributions.ConditionalNormal`) and feeds every coupling net, all
+    zero-initialised (`tfflows.zoo.grow.condition_glow` copies a trained
+    RealNVP into it).
 
     With a vector `data_shape=(dim,)` it is RealNVP for continuous vectors
     (`n_bits=None`, loss in nats): `2 * steps` affine couplings over
@@ -323,6 +346,8 @@ def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=No
         config = _config("realnvp", preset, dict(steps=steps, hidden=hidden))
         if pretrained:
             raise WeightsError("No pretrained weights ship for a vector RealNVP.")
+        if num_classes is not None:
+            raise ValueError("realnvp num_classes is for images; a vector RealNVP takes a context_dim context.")
         if dequantize is not None:
             raise ValueError("realnvp dequantize is for images; a vector RealNVP takes continuous vectors.")
         dim = int(tuple(data_shape)[0])
@@ -333,10 +358,17 @@ def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=No
         raise ValueError("realnvp context_dim is for vector data (data_shape=(dim,)); image RealNVP is unconditional.")
     config = _config("realnvp", preset, dict(levels=levels, steps=steps, hidden=hidden, alpha=alpha,
                                              data_shape=data_shape, n_bits=n_bits))
-    key, dequantize = _shipped_key("realnvp", preset, pretrained, dequantize)
+    if num_classes is None:
+        key, dequantize = _shipped_key("realnvp", preset, pretrained, dequantize)
+        flow = realnvp_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
+                            alpha=config["alpha"])
+        return _finish("realnvp", preset, config, flow, "normal", pretrained, dequantize, key=key)
+    context_shape = _class_context("realnvp", num_classes)
+    key, dequantize = _class_key("realnvp", preset, num_classes, "", pretrained, dequantize, "every coupling "
+                                 "conditional")
     flow = realnvp_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
-                        alpha=config["alpha"])
-    return _finish("realnvp", preset, config, flow, "normal", pretrained, dequantize, key=key)
+                        alpha=config["alpha"], context_shape=context_shape)
+    return _finish_classes("realnvp", preset, config, flow, num_classes, pretrained, dequantize, key)
 
 
 def nice(preset="mnist", pretrained=False, couplings=None, hidden=None, depth=None, base=None,

@@ -264,7 +264,8 @@ def widen_glow(old, new, sample=None):
 
 def condition_glow(old, new, sample=None):
     """Copies trained unconditional Glow `old` into `new`, the same Glow made
-    class-conditional (`tfflows.zoo.glow(..., num_classes=K)`), so that
+    class-conditional (`tfflows.zoo.glow(..., num_classes=K)`; a RealNVP
+    into `tfflows.zoo.realnvp(..., num_classes=K)` alike), so that
     `new.log_prob(x, context=y)` equals `old.log_prob(x)` for every class
     `y` at the start. Every weight is copied; where `new`'s conditioner
     reads the one-hot class as extra input channels (split priors, and the

@@ -218,7 +218,7 @@ def report(args):
     couplings = bool(state["args"].get("class_couplings"))
     name = state["args"].get("model", "glow")
     weights = os.path.join(args.out, f"{name}-mnist-classes10" + ("-couplings" if couplings else "") + ".weights.h5")
-    save_inference_weights(trained, weights, net_kernels_float16=name == "glow")
+    save_inference_weights(trained, weights, net_kernels_float16=True)
     model = _conditional(name, couplings)
     model.load_weights(weights)
     n = args.images

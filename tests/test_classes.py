@@ -170,5 +170,5 @@ def test_class_conditional_realnvp_starts_as_the_unconditional_one_and_learns_th
     np.testing.assert_array_equal(np.asarray(back.log_prob(x, context=labels)), a)
     with pytest.raises(ValueError, match="num_classes is for images"):
         tfflows.zoo.realnvp(data_shape=(4,), num_classes=2)
-    with pytest.raises(tfflows.zoo.WeightsError, match="No class-conditional realnvp 'mnist' weights ship"):
-        tfflows.zoo.realnvp(preset="mnist", num_classes=10, pretrained=True)
+    with pytest.raises(tfflows.zoo.WeightsError, match="No class-conditional realnvp 'mnist-tiny' weights ship"):
+        tfflows.zoo.realnvp(preset="mnist-tiny", num_classes=10, pretrained=True)

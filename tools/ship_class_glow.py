@@ -64,7 +64,7 @@ def main(argv=None):
                               for i in range(0, 500, 100)]).astype("float64").mean()
     card = f"zoo/{flow}-mnist-{key}/README.md"
     entry = dict(
-        architecture=dict(num_classes=10, class_couplings=couplings),
+        architecture=dict(num_classes=10, **({"class_couplings": couplings} if flow == "glow" else {})),
         weights=dict(file=name, sha256=sha256_file(dst), size_bytes=os.path.getsize(dst)),
         metrics=dict(
             test_bpd=round(report["test_bpd_given_label"], 4),
@@ -127,7 +127,7 @@ def main(argv=None):
                 + ("; the coupling nets read it too" if couplings else ""))
     else:
         call = "realnvp(preset=\"mnist\", num_classes=10, pretrained=True)"
-        storage = ""
+        storage = "; coupling kernels stored as float16"
         arch = ("the shipped `realnvp-mnist` (3 levels, 3 couplings per block, width 96, logit preprocessing), "
                 "class-conditional: the one-hot class sets the prior (`ConditionalNormal`) and feeds every coupling net")
     with open(os.path.join(ROOT, card), "w") as f:

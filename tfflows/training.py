@@ -88,7 +88,7 @@ def store_net_kernels_float16(src, dst, min_size=4096):
     tmp = f"{dst}.tmp-{os.getpid()}"
 
     try:
-        # libver="latest": smaller object headers, about 1.5 % of a Glow's file (0.2 MB of 10.8).
+        # libver="latest": smaller object headers (the class-conditional Glow: 10.75 -> 9.57 MB).
         with h5py.File(src, "r") as fin, h5py.File(tmp, "w", libver="latest") as fout:
             # Keras' metadata; not the source's checksum, which the copy's replaces.
             fout.attrs.update({k: v for k, v in fin.attrs.items()

@@ -73,12 +73,13 @@ def _evaluate(model, x_u8, y, seed=1234, marginal=False):
     p(y) p(x | y)` with uniform `p(y)` (the model used unconditionally) and its stderr."""
     import numpy as np
     from tfflows.apps.classes import class_log_probs
+    from tfflows.models import bits_per_dim
 
     x = _dequantize(x_u8, np.random.default_rng(seed))
     scores = class_log_probs(model, x, batch_size=250)
 
     def bpd(log_p):
-        return (-log_p / (28 * 28) + 8 * np.log(2)) / np.log(2)
+        return bits_per_dim(log_p, model.dims, model.n_bits)
 
     def mean_se(v):
         return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))

@@ -81,12 +81,7 @@ def main(argv=None):
                                                   seed=args.seed)), 0, 1)
         row = {}
         for name, clf in classifiers.items():
-            share, counts = sq.recognisable(clf, samples)
-            row[name] = {"recognisable": share, "counts": counts}
-            if labels is not None:
-                probs = np.asarray(clf.predict(samples, verbose=0))
-                sure = probs.max(axis=1) >= 0.9
-                row[name]["recognised_as_asked"] = float(np.mean(probs.argmax(axis=1)[sure] == labels[sure]))
+            row[name] = sq.recognisable_report(clf, samples, labels=labels)
         results["targets"][target] = row
         print(target, json.dumps(row), flush=True)
     if args.out:

@@ -27,6 +27,23 @@ def test_real_digits_are_recognisable_and_noise_is_not(classifier):
     assert real >= 0.8 and noise <= 0.1, (real, noise)  # 86 % and 3 % when written
 
 
+
+def test_recognised_as_asked_compares_the_top_class_with_the_label(classifier):
+    """`recognisable_report(..., labels=...)` for a class-conditional model's
+    samples: real digits with their own labels are recognised as asked, with
+    every label shifted by one they are not, and the share and counts are
+    `recognisable`'s."""
+    clf, d = classifier
+    x, y = d["x_test"][:300], np.asarray(d["y_test"][:300])
+    own = sq.recognisable_report(clf, x, labels=y)
+    shifted = sq.recognisable_report(clf, x, labels=(y + 1) % 10)
+    assert own["recognised_as_asked"] >= 0.95 and shifted["recognised_as_asked"] <= 0.05, (own, shifted)
+    assert (own["recognisable"], own["counts"]) == sq.recognisable(clf, x)
+    assert "recognised_as_asked" not in sq.recognisable_report(clf, x)
+    with pytest.raises(ValueError, match="one label per sample"):
+        sq.recognisable_report(clf, x, labels=y[:10])
+
+
 @pytest.mark.slow  # about a minute: samples of the 3.1M-parameter Glow
 @pytest.mark.large
 def test_shipped_glow_samples_at_t07_are_mostly_recognisable(classifier):

@@ -76,7 +76,24 @@ def fraction_recognisable(probabilities, threshold=0.9):
 def recognisable(classifier, samples, threshold=0.9):
     """`(fraction, counts per class)` of `samples` (floats, clipped to [0, 1])
     that `classifier` recognises with confidence `>= threshold`."""
+    report = recognisable_report(classifier, samples, threshold)
+    return report["recognisable"], report["counts"]
+
+
+def recognisable_report(classifier, samples, threshold=0.9, labels=None):
+    """`recognisable`'s figures as a dict (`recognisable`, `counts`), from one
+    pass of `classifier`; with `labels` (the class each sample was drawn
+    for, from a class-conditional model) also `recognised_as_asked`, the
+    share of the recognised samples whose top class is their label."""
     probs = np.asarray(classifier.predict(_as_unit(samples), verbose=0))
     confident = probs.max(axis=1) >= threshold
-    counts = np.bincount(np.argmax(probs, axis=1)[confident], minlength=probs.shape[1])
-    return fraction_recognisable(probs, threshold), counts.tolist()
+    top = np.argmax(probs, axis=1)
+    out = {"recognisable": fraction_recognisable(probs, threshold),
+           "counts": np.bincount(top[confident], minlength=probs.shape[1]).tolist()}
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(probs),):
+            raise ValueError(f"recognisable_report needs one label per sample: {len(probs)} samples, labels of "
+                             f"shape {labels.shape}.")
+        out["recognised_as_asked"] = float(np.mean(top[confident] == labels[confident])) if confident.any() else 0.0
+    return out

@@ -54,8 +54,8 @@ def main(argv=None):
     name = f"{flow}-mnist-{key}.weights.h5"
     dst = os.path.join(WEIGHTS_DIR, name)
     shutil.copyfile(report["weights"], dst)
-    model = getattr(tfflows.zoo, flow)(preset="mnist", num_classes=10,
-                                       **({"class_couplings": couplings} if flow == "glow" else {}))
+    glow_only = {"class_couplings": couplings} if flow == "glow" else {}  # RealNVP's couplings always read the class
+    model = getattr(tfflows.zoo, flow)(preset="mnist", num_classes=10, **glow_only)
     model.load_weights(dst)
     with np.load(zdata.EMBEDDED) as f:
         images, labels = f["x_test"][:500, ..., None], f["y_test"][:500].astype("int32")
@@ -64,7 +64,7 @@ def main(argv=None):
                               for i in range(0, 500, 100)]).astype("float64").mean()
     card = f"zoo/{flow}-mnist-{key}/README.md"
     entry = dict(
-        architecture=dict(num_classes=10, **({"class_couplings": couplings} if flow == "glow" else {})),
+        architecture=dict(num_classes=10, **glow_only),
         weights=dict(file=name, sha256=sha256_file(dst), size_bytes=os.path.getsize(dst)),
         metrics=dict(
             test_bpd=round(report["test_bpd_given_label"], 4),

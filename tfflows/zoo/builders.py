@@ -213,11 +213,18 @@ def _shipped_key(model_name, preset, pretrained, dequantize, key=None):
     return key, dequantize
 
 
-def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None, key=None):
+def _finish(model_name, preset, config, flow, base, pretrained, dequantize=None, key=None, num_classes=None):
+    """The zoo's `FlowModel` around `flow`, the shipped weights `key` loaded
+    if `pretrained`. With `num_classes` it is class-conditional: `base` a
+    `ConditionalNormal` on the one-hot class, `num_classes` in the name and
+    in the architecture the weights are checked against."""
     key = key or f"{model_name}-{preset}"
-    model = FlowModel(flow, base=base, data_shape=config["data_shape"],
-                      n_bits=config.get("n_bits", 8), dequantizer=_dequantizer(config, dequantize),
-                      name=f"{model_name}_{preset}".replace("-", "_"))
+    name = f"{model_name}_{preset}" + (f"_classes{num_classes}" if num_classes else "")
+    if num_classes:
+        config = dict(config, num_classes=num_classes)
+    model = FlowModel(flow, base=base, data_shape=config["data_shape"], n_bits=config.get("n_bits", 8),
+                      num_classes=num_classes, dequantizer=_dequantizer(config, dequantize),
+                      name=name.replace("-", "_"))
     if pretrained:
         load_pretrained(model, key, config)
     return model
@@ -289,8 +296,9 @@ def glow(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None,
                      lu=config["lu"], learned_prior=learned_prior, preprocess=config["preprocess"],
                      alpha=config.get("alpha", 0.05), context_shape=context_shape,
                      class_couplings=class_couplings, **spline)
-    return _finish_classes("glow", preset, dict(config, class_couplings=bool(class_couplings)), flow, num_classes,
-                           pretrained, dequantize, key)
+    return _finish("glow", preset, dict(config, class_couplings=bool(class_couplings)), flow,
+                   distributions.ConditionalNormal(context_shape, name="prior"), pretrained, dequantize, key,
+                   num_classes)
 
 
 def _class_context(model_name, num_classes):
@@ -310,18 +318,6 @@ def _class_key(model_name, preset, num_classes, suffix, pretrained, dequantize, 
         raise WeightsError(f"No class-conditional {model_name} {preset!r} weights ship with num_classes={num_classes}"
                            f", {asked}; shipped: {shipped or 'none'}. Use pretrained=False, or the shipped settings.")
     return _shipped_key(model_name, preset, pretrained, dequantize, key=key)
-
-
-def _finish_classes(model_name, preset, config, flow, num_classes, pretrained, dequantize, key):
-    """The class-conditional `FlowModel` around `flow`: a `ConditionalNormal`
-    prior on the one-hot class, the shipped weights `key` loaded if `pretrained`."""
-    model = FlowModel(flow, base=distributions.ConditionalNormal((int(num_classes),), name="prior"),
-                      data_shape=config["data_shape"], n_bits=config.get("n_bits", 8), num_classes=num_classes,
-                      dequantizer=_dequantizer(config, dequantize),
-                      name=f"{model_name}_{preset}_classes{num_classes}".replace("-", "_"))
-    if pretrained:
-        load_pretrained(model, key, dict(config, num_classes=num_classes))
-    return model
 
 
 def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=None, alpha=None,
@@ -368,7 +364,8 @@ def realnvp(preset="mnist", pretrained=False, levels=None, steps=None, hidden=No
                                  "conditional")
     flow = realnvp_flow(config["data_shape"], config["levels"], config["steps"], config["hidden"],
                         alpha=config["alpha"], context_shape=context_shape)
-    return _finish_classes("realnvp", preset, config, flow, num_classes, pretrained, dequantize, key)
+    return _finish("realnvp", preset, config, flow, distributions.ConditionalNormal(context_shape, name="prior"),
+                   pretrained, dequantize, key, num_classes)
 
 
 def nice(preset="mnist", pretrained=False, couplings=None, hidden=None, depth=None, base=None,
